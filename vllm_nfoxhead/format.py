@@ -1,0 +1,226 @@
+"""The project's head format on disk: a directory with `config.json` and
+`model.safetensors` (spec in README.md, "Head format").
+
+Reading is split into cheap checks (config, safetensors header, shapes) and the
+actual tensor load, so that bad input fails before any engine memory exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .errors import NFoxHeadError
+
+FORMAT_NAME = "nfoxhead"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def head_key(head: int, layer: int | None, name: str) -> str:
+    """On-disk tensor name: `heads.{k}.res.{l}.{weight|bias}` or `heads.{k}.lm_head.weight`."""
+    if layer is None:
+        return f"heads.{head}.lm_head.{name}"
+    return f"heads.{head}.res.{layer}.{name}"
+
+
+@dataclass
+class HeadsConfig:
+    """What `config.json` says about a set of heads."""
+
+    num_heads: int
+    num_layers: int
+    hidden_size: int
+    vocab_size: int
+    shared_lm_head: bool
+    base_model: str = ""
+    dtype: str = "float32"
+    tree: Any = None  # None, a preset name, or a list of rank paths
+    format: str = FORMAT_NAME
+    format_version: int = FORMAT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. training metrics
+
+    _REQUIRED = ("num_heads", "num_layers", "hidden_size", "vocab_size", "shared_lm_head")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> "HeadsConfig":
+        missing = [k for k in cls._REQUIRED if k not in data]
+        if missing:
+            raise NFoxHeadError(
+                f"{where} is missing key(s) {', '.join(missing)}",
+                "write them into config.json, or re-create the directory with "
+                "`python -m conversion.to_vllm`",
+            )
+        if data.get("format", FORMAT_NAME) != FORMAT_NAME:
+            raise NFoxHeadError(
+                f"{where} has format {data.get('format')!r}, not {FORMAT_NAME!r}",
+                "convert the checkpoint with `python -m conversion.to_vllm`",
+            )
+        for key in ("num_heads", "num_layers", "hidden_size", "vocab_size"):
+            if not isinstance(data[key], int) or data[key] < 1:
+                raise NFoxHeadError(
+                    f"{where}: {key} must be a positive integer, got {data[key]!r}",
+                    f"set {key} to the true value in config.json",
+                )
+        if data.get("dtype", "float32") not in DTYPES:
+            raise NFoxHeadError(
+                f"{where}: unknown dtype {data.get('dtype')!r}",
+                f"use one of {', '.join(DTYPES)}",
+            )
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data and k != "extra"}
+        known["shared_lm_head"] = bool(known["shared_lm_head"])
+        return cls(**known, extra=dict(data.get("extra", {})))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every tensor `model.safetensors` must hold, with its shape."""
+        h, v = self.hidden_size, self.vocab_size
+        shapes: dict[str, tuple[int, ...]] = {}
+        for k in range(self.num_heads):
+            for layer in range(self.num_layers):
+                shapes[head_key(k, layer, "weight")] = (h, h)
+                shapes[head_key(k, layer, "bias")] = (h,)
+            if not self.shared_lm_head:
+                shapes[head_key(k, None, "weight")] = (v, h)
+        return shapes
+
+
+def _heads_path(path: str | os.PathLike[str]) -> Path:
+    p = Path(path).expanduser()
+    if not str(path):
+        raise NFoxHeadError(
+            "no heads directory given", "write nfoxhead:/path/to/heads_dir"
+        )
+    if not p.is_dir():
+        raise NFoxHeadError(
+            f"heads directory {str(p)!r} does not exist",
+            "pass the directory that holds config.json and model.safetensors",
+        )
+    return p
+
+
+def load_heads_config(path: str | os.PathLike[str]) -> HeadsConfig:
+    """Read and check `config.json` of a heads directory."""
+    p = _heads_path(path)
+    cfg_file = p / CONFIG_FILE
+    if not cfg_file.is_file():
+        raise NFoxHeadError(
+            f"{cfg_file} is missing",
+            "point at a directory written by `python -m conversion.to_vllm` or the trainer",
+        )
+    try:
+        data = json.loads(cfg_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise NFoxHeadError(f"{cfg_file} is not valid JSON ({exc})", "repair or re-create it") from exc
+    if not isinstance(data, dict):
+        raise NFoxHeadError(f"{cfg_file} is not a JSON object", "repair or re-create it")
+    return HeadsConfig.from_dict(data, str(cfg_file))
+
+
+def check_heads_weights(path: str | os.PathLike[str], config: HeadsConfig) -> None:
+    """Check the safetensors header (readable, complete, right names and shapes)."""
+    wfile = _heads_path(path) / WEIGHTS_FILE
+    if not wfile.is_file():
+        raise NFoxHeadError(f"{wfile} is missing", "copy the weights next to config.json")
+    try:
+        with safe_open(str(wfile), framework="pt") as f:
+            shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    except Exception as exc:  # safetensors raises its own error types
+        raise NFoxHeadError(
+            f"{wfile} is corrupt or truncated ({exc})", "re-copy or re-create the file"
+        ) from exc
+    expected = config.expected_shapes()
+    missing = sorted(set(expected) - set(shapes))
+    if missing:
+        raise NFoxHeadError(
+            f"{wfile} lacks {len(missing)} tensor(s) that config.json implies, e.g. {missing[0]}",
+            "make num_heads/num_layers/shared_lm_head in config.json match the weights",
+        )
+    for name, shape in expected.items():
+        if shapes[name] != shape:
+            raise NFoxHeadError(
+                f"{wfile}: {name} has shape {list(shapes[name])}, config.json implies {list(shape)}",
+                "make hidden_size/vocab_size in config.json match the weights",
+            )
+
+
+def validate_heads_dir(path: str | os.PathLike[str]) -> HeadsConfig:
+    """All cheap checks of a heads directory; returns its config."""
+    config = load_heads_config(path)
+    check_heads_weights(path, config)
+    return config
+
+
+def check_base_compat(config: HeadsConfig, hidden_size: int, vocab_size: int, base: str) -> None:
+    """Heads must read the served model's hidden state and emit its vocabulary."""
+    if config.hidden_size != hidden_size:
+        raise NFoxHeadError(
+            f"heads have hidden size {config.hidden_size} but {base} has {hidden_size}",
+            f"use heads trained for {base} (these were trained for {config.base_model or 'another model'})",
+        )
+    if config.vocab_size != vocab_size:
+        raise NFoxHeadError(
+            f"heads have vocabulary size {config.vocab_size} but {base} has {vocab_size}",
+            f"use heads trained for {base} (these were trained for {config.base_model or 'another model'})",
+        )
+
+
+def read_heads_tensors(path: str | os.PathLike[str], config: HeadsConfig) -> dict[str, torch.Tensor]:
+    """Load the tensors of a validated heads directory (CPU, stored dtype)."""
+    wfile = _heads_path(path) / WEIGHTS_FILE
+    names = config.expected_shapes()
+    with safe_open(str(wfile), framework="pt") as f:
+        return {name: f.get_tensor(name) for name in names}
+
+
+def save_heads(
+    path: str | os.PathLike[str],
+    config: HeadsConfig,
+    tensors: dict[str, torch.Tensor],
+    overwrite: bool = False,
+) -> Path:
+    """Write a heads directory atomically: a temp dir renamed into place."""
+    dest = Path(path).expanduser().resolve()
+    if dest.exists() and not overwrite:
+        raise NFoxHeadError(f"{dest} already exists", "choose another output or pass --force")
+    expected = config.expected_shapes()
+    if set(tensors) != set(expected):
+        raise NFoxHeadError(
+            f"tensors do not match the config (extra {sorted(set(tensors) - set(expected))[:3]}, "
+            f"missing {sorted(set(expected) - set(tensors))[:3]})",
+            "build the tensors with NFoxHeads.state_dict_for_format()",
+        )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        dtype = config.torch_dtype
+        save_file(
+            {k: v.detach().to("cpu", dtype).contiguous() for k, v in tensors.items()},
+            str(tmp / WEIGHTS_FILE),
+            metadata={"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)},
+        )
+        (tmp / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest

@@ -1,0 +1,111 @@
+"""Translate the user's spelling (`nfoxhead:HEADS_DIR`) into vLLM's own config.
+
+vLLM only knows `method="custom_class"` with a dotted class path in
+`speculative_config.model`, and SpeculativeConfig forbids unknown keys. So the
+heads directory and NFoxHead options travel in `additional_config["nfoxhead"]`,
+which vLLM hands unchanged to every worker.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import NFoxHeadError
+from ..format import HeadsConfig, check_base_compat, validate_heads_dir
+
+PREFIX = "nfoxhead:"
+PROPOSER_PATH = "vllm_nfoxhead.integration.proposer.NFoxHeadProposer"
+ADDITIONAL_CONFIG_KEY = "nfoxhead"
+# Keys users may add to --speculative-config that vLLM itself does not know.
+PLUGIN_KEYS: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NFoxHeadOptions:
+    """What a worker needs to know about the heads, read from additional_config."""
+
+    heads_dir: str
+
+    @classmethod
+    def from_additional_config(cls, additional_config: Any) -> "NFoxHeadOptions":
+        opts = (additional_config or {}).get(ADDITIONAL_CONFIG_KEY)
+        if not opts or "heads_dir" not in opts:
+            raise NFoxHeadError(
+                "the NFoxHead proposer was started without a heads directory",
+                'use speculative_config={"model": "nfoxhead:/path/to/heads"}',
+            )
+        return cls(heads_dir=opts["heads_dir"])
+
+
+def is_nfoxhead_model(model: Any) -> bool:
+    return isinstance(model, str) and model.startswith(PREFIX)
+
+
+def translate_engine_args(args: Any) -> bool:
+    """Rewrite an EngineArgs in place if it asks for NFoxHead; return whether it did.
+
+    Reads `args.spec_model` (`--spec-model`/`--speculative-model`) and
+    `args.speculative_config["model"]`; leaves every other method alone.
+    """
+    spec = dict(args.speculative_config or {})
+    from_flag = is_nfoxhead_model(getattr(args, "spec_model", None))
+    model = args.spec_model if from_flag else spec.get("model")
+    if not is_nfoxhead_model(model):
+        return False
+    heads_dir = model[len(PREFIX):].strip()
+    if not heads_dir:
+        raise NFoxHeadError(
+            f"{model!r} names no heads directory", "write nfoxhead:/path/to/heads_dir"
+        )
+    if from_flag:
+        args.spec_model = None
+        if "model" in spec:
+            raise NFoxHeadError(
+                "both --spec-model/--speculative-model and --speculative-config['model'] are set",
+                "give the heads in one place only",
+            )
+    method = spec.pop("method", None)
+    if method not in (None, "custom_class", "nfoxhead", "medusa"):
+        raise NFoxHeadError(
+            f"speculative method {method!r} cannot use NFoxHead heads",
+            "drop 'method' from the speculative config",
+        )
+    plugin_opts = {k: spec.pop(k) for k in PLUGIN_KEYS if k in spec}
+    spec.update(model=PROPOSER_PATH, method="custom_class")
+    args.speculative_config = spec
+    extra = dict(args.additional_config or {})
+    extra[ADDITIONAL_CONFIG_KEY] = {
+        **extra.get(ADDITIONAL_CONFIG_KEY, {}),
+        **plugin_opts,
+        "heads_dir": os.path.abspath(os.path.expanduser(heads_dir)),
+    }
+    args.additional_config = extra
+    return True
+
+
+def validate_for_target(args: Any, hidden_size: int, vocab_size: int, base: str) -> HeadsConfig:
+    """Cheap checks of the heads against the served model, before any engine memory.
+
+    Also fills in `num_speculative_tokens` (default: one per head).
+    """
+    opts = NFoxHeadOptions.from_additional_config(args.additional_config)
+    config = validate_heads_dir(opts.heads_dir)
+    check_base_compat(config, hidden_size, vocab_size, base)
+    spec = args.speculative_config
+    k = spec.get("num_speculative_tokens")
+    if k is None:
+        spec["num_speculative_tokens"] = config.num_heads
+    elif not isinstance(k, int) or k < 1:
+        raise NFoxHeadError(
+            f"num_speculative_tokens must be a positive integer, got {k!r}",
+            f"use 1..{config.num_heads}",
+        )
+    elif k > config.num_heads:
+        raise NFoxHeadError(
+            f"num_speculative_tokens={k} but {opts.heads_dir} has only {config.num_heads} heads "
+            "(a chain drafts one token per head)",
+            f"use num_speculative_tokens <= {config.num_heads}",
+        )
+    return config

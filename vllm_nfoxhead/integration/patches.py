@@ -1,0 +1,122 @@
+"""Every change this plugin makes to vLLM internals, in one place.
+
+Each patch names the vLLM function it wraps, is idempotent (vLLM loads general
+plugins once per process, and several processes load them), and is applied
+only on a vLLM version listed in SUPPORTED_VLLM.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+from ..errors import NFoxHeadError
+
+SUPPORTED_VLLM = ("0.32", "0.33")
+_MARK = "_nfoxhead_wrapped"
+
+
+def vllm_version() -> str:
+    import vllm
+
+    return str(getattr(vllm, "__version__", "unknown"))
+
+
+def check_supported_vllm() -> None:
+    """Fail loudly on a vLLM whose internals these patches were not written for."""
+    version = vllm_version()
+    if not any(version == v or version.startswith(v + ".") for v in SUPPORTED_VLLM):
+        raise NFoxHeadError(
+            f"vLLM {version} is not supported (supported: {', '.join(v + '.x' for v in SUPPORTED_VLLM)})",
+            "install a supported vLLM, e.g. `pip install 'vllm-nfoxhead[cuda]'` or `[cpu]`",
+        )
+
+
+def _wrap(owner: Any, name: str, make: Callable[[Callable[..., Any]], Callable[..., Any]],
+          static: bool = False) -> None:
+    original = owner.__dict__[name]
+    inner = original.__func__ if isinstance(original, staticmethod) else original
+    if getattr(inner, _MARK, False):
+        return
+    wrapped = functools.wraps(inner)(make(inner))
+    setattr(wrapped, _MARK, True)
+    setattr(owner, name, staticmethod(wrapped) if static else wrapped)
+
+
+def patch_engine_args() -> None:
+    """Config translation and the `--speculative-model` flag (front-end process)."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    from .options import translate_engine_args, validate_for_target
+
+    # Wraps vllm.engine.arg_utils.EngineArgs.create_speculative_config: turn
+    # `nfoxhead:DIR` into the custom_class proposer and check the heads against
+    # the target model before the engine (and its KV cache) exists.
+    def make_create(orig: Callable[..., Any]) -> Callable[..., Any]:
+        def create_speculative_config(self, target_model_config, target_parallel_config):
+            if translate_engine_args(self):
+                check_supported_vllm()
+                validate_for_target(
+                    self,
+                    hidden_size=target_model_config.get_hidden_size(),
+                    vocab_size=target_model_config.get_vocab_size(),
+                    base=str(target_model_config.model),
+                )
+            return orig(self, target_model_config, target_parallel_config)
+
+        return create_speculative_config
+
+    # Wraps vllm.engine.arg_utils.EngineArgs.add_cli_args: older vLLM's
+    # --speculative-model / --num-speculative-tokens as aliases of
+    # --spec-model / --spec-tokens.
+    def make_add(orig: Callable[..., Any]) -> Callable[..., Any]:
+        def add_cli_args(parser):
+            parser = orig(parser)
+            group = parser.add_argument_group("NFoxHead speculative decoding (vllm-nfoxhead)")
+            group.add_argument(
+                "--speculative-model", dest="spec_model", default=None,
+                help="Alias of --spec-model. 'nfoxhead:HEADS_DIR' speculates with "
+                     "the NFoxHead heads in HEADS_DIR.",
+            )
+            group.add_argument(
+                "--num-speculative-tokens", dest="spec_tokens", type=int, default=None,
+                help="Alias of --spec-tokens: tokens drafted per step "
+                     "(NFoxHead default: one per head).",
+            )
+            return parser
+
+        return add_cli_args
+
+    _wrap(EngineArgs, "create_speculative_config", make_create)
+    _wrap(EngineArgs, "add_cli_args", make_add, static=True)
+
+
+def patch_model_runner() -> None:
+    """Hand the target's hidden states to our proposer (worker process).
+
+    Wraps vllm.v1.worker.gpu_model_runner.GPUModelRunner.propose_draft_token_ids
+    (CPUModelRunner inherits it): vLLM's custom_class call passes no hidden
+    states, so the wrapper gives the proposer, for each request, the post-norm
+    hidden state of its last accepted token first (the row Medusa used in 0.32).
+    """
+    check_supported_vllm()
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    from .proposer import NFoxHeadProposer
+
+    def make(orig: Callable[..., Any]) -> Callable[..., Any]:
+        def propose_draft_token_ids(self, scheduler_output, sampled_token_ids, sampling_metadata,
+                                    hidden_states, sample_hidden_states, aux_hidden_states,
+                                    spec_decode_metadata, *args, **kwargs):
+            drafter = getattr(self, "drafter", None)
+            if isinstance(drafter, NFoxHeadProposer) and isinstance(sampled_token_ids, list):
+                drafter.set_step_hidden_states(
+                    sample_hidden_states, sampled_token_ids, spec_decode_metadata
+                )
+            return orig(self, scheduler_output, sampled_token_ids, sampling_metadata,
+                        hidden_states, sample_hidden_states, aux_hidden_states,
+                        spec_decode_metadata, *args, **kwargs)
+
+        return propose_draft_token_ids
+
+    _wrap(GPUModelRunner, "propose_draft_token_ids", make)
