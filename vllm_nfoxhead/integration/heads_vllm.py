@@ -36,6 +36,7 @@ class VllmNFoxHeads(nn.Module):
         self.to(dtype)
 
     def load_weights(self, heads_dir: str) -> None:
+        """Load a validated heads directory; call after moving to the target device."""
         tensors = read_heads_tensors(heads_dir, self.config)
         self.residual.load_from(tensors)
         if self.lm_heads is not None:
@@ -47,6 +48,9 @@ class VllmNFoxHeads(nn.Module):
                     param.data.copy_(src)
                 else:
                     loader(param, src)
+                # vLLM's own loader does this after loading (e.g. the CPU build
+                # binds its GEMM kernel here: `cpu_linear`).
+                lm_head.quant_method.process_weights_after_loading(lm_head)
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor, num_heads: int) -> torch.Tensor:

@@ -45,9 +45,9 @@ class NFoxHeadProposer:
         from .heads_vllm import VllmNFoxHeads
 
         device = next(target_model.parameters()).device
-        heads = VllmNFoxHeads(self.heads_config, target_model, self.dtype)
+        heads = VllmNFoxHeads(self.heads_config, target_model, self.dtype).to(device)
         heads.load_weights(self.options.heads_dir)
-        self.heads = heads.to(device).eval()
+        self.heads = heads.eval()
         logger.info(
             "NFoxHead: %d heads from %s (%s LM head), drafting a chain of %d",
             self.heads_config.num_heads, self.options.heads_dir,

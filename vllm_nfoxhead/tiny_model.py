@@ -1,0 +1,147 @@
+"""A tiny real Llama checkpoint with heads fitted to it, for tests and the demo.
+
+Random weights (fixed seed) prove plumbing, so the heads are fitted to the
+model's own greedy continuations: drafts then get accepted often, and the
+accepted-path code runs, which a random head would never exercise.
+Built with transformers and tokenizers only; no download.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .format import HeadsConfig, save_heads
+from .heads import NFoxHeads
+
+CORPUS = (
+    "the quick brown fox jumps over the lazy dog . a small model writes short text . "
+    "speculative decoding drafts tokens and the model verifies them in one pass . "
+    "heads read the last hidden state and guess the next few tokens . "
+    "one two three four five six seven eight nine ten eleven twelve . "
+    "paris is the capital of france and rome is the capital of italy . "
+)
+SEED_PROMPTS = [
+    "the quick brown", "one two", "speculative decoding", "paris is the",
+    "heads read", "a small model", "rome", "seven eight nine", "the lazy dog .",
+    "verifies them", "guess the next", "capital of", "twelve .", "fox", "short text",
+    "in one pass",
+]
+
+
+def build_tokenizer(out_dir: Path, vocab_size: int = 384) -> None:
+    """A byte-level BPE trained on CORPUS, saved as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<s>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator([CORPUS] * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    # A minimal template so the OpenAI chat endpoint works.
+    fast.chat_template = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} . {% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% endif %}"
+    )
+    fast.save_pretrained(str(out_dir))
+
+
+def build_model(out_dir: Path, vocab_size: int = 384, seed: int = 0) -> None:
+    """LlamaForCausalLM: hidden 128, 2 layers, head_dim 64 (a CPU-attention size)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=128, intermediate_size=256,
+        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+        max_position_embeddings=1024, tie_word_embeddings=False,
+        initializer_range=0.08, bos_token_id=0, eos_token_id=1,
+        torch_dtype="float32",
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).eval()
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+
+
+@torch.no_grad()
+def greedy_hidden_states(model_dir: Path, prompts: list[str], new_tokens: int = 48):
+    """Greedy-continue each prompt; return post-norm hidden [T,H] and tokens [T] per sequence."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    model = LlamaForCausalLM.from_pretrained(str(model_dir), torch_dtype=torch.float32).eval()
+    out = []
+    for prompt in prompts:
+        ids = torch.tensor([tok(prompt)["input_ids"]])
+        seq = model.generate(ids, max_new_tokens=new_tokens, do_sample=False,
+                             eos_token_id=None, pad_token_id=1)
+        hidden = model.model(seq).last_hidden_state[0]  # [T, H], post final norm
+        out.append((hidden, seq[0]))
+    return out, model.lm_head.weight.detach().clone()
+
+
+def fit_heads(sequences, lm_head: torch.Tensor, num_heads: int, steps: int = 300,
+              shared_lm_head: bool = False, seed: int = 0) -> NFoxHeads:
+    """Fit heads so head k predicts token t+k+2 from hidden state t."""
+    hidden_size, vocab_size = lm_head.shape[1], lm_head.shape[0]
+    config = HeadsConfig(num_heads=num_heads, num_layers=1, hidden_size=hidden_size,
+                         vocab_size=vocab_size, shared_lm_head=shared_lm_head)
+    torch.manual_seed(seed)
+    heads = NFoxHeads(config)
+    if heads.lm_heads is not None:
+        for proj in heads.lm_heads:
+            proj.weight.data.copy_(lm_head)
+    opt = torch.optim.Adam(heads.parameters(), lr=3e-3)
+    for _ in range(steps):
+        loss = torch.zeros(())
+        for hidden, tokens in sequences:
+            logits = heads(hidden, lm_head)  # [K, T, V]
+            for k in range(num_heads):
+                shift = k + 2
+                loss = loss + torch.nn.functional.cross_entropy(logits[k, :-shift], tokens[shift:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return heads
+
+
+def build_tiny_assets(root: str | os.PathLike[str], num_heads: int = 4,
+                      shared_lm_head: bool = False) -> tuple[Path, Path]:
+    """Write `root/model` (checkpoint + tokenizer) and `root/heads`; return both paths.
+
+    Reuses an existing complete build (marker file), writes atomically otherwise.
+    """
+    root = Path(root)
+    marker = root / "tiny.json"
+    spec = {"version": 2, "num_heads": num_heads, "shared_lm_head": shared_lm_head}
+    if marker.is_file() and json.loads(marker.read_text()) == spec:
+        return root / "model", root / "heads"
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny.", dir=root.parent))
+    try:
+        build_tokenizer(tmp / "model")
+        build_model(tmp / "model")
+        sequences, lm_head = greedy_hidden_states(tmp / "model", SEED_PROMPTS)
+        heads = fit_heads(sequences, lm_head, num_heads, shared_lm_head=shared_lm_head)
+        heads.config.base_model = "vllm-nfoxhead tiny llama (seed 0)"
+        save_heads(tmp / "heads", heads.config, heads.state_dict_for_format())
+        marker_tmp = tmp / "tiny.json"
+        marker_tmp.write_text(json.dumps(spec))
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root / "model", root / "heads"
