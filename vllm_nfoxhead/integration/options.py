@@ -66,6 +66,14 @@ def translate_engine_args(args: Any) -> bool:
                 "both --spec-model/--speculative-model and --speculative-config['model'] are set",
                 "give the heads in one place only",
             )
+    spec_tokens = getattr(args, "spec_tokens", None)
+    if spec_tokens is not None:
+        if "num_speculative_tokens" in spec:
+            raise NFoxHeadError(
+                "both --spec-tokens and --speculative-config['num_speculative_tokens'] are set",
+                "give the number of speculative tokens in one place only",
+            )
+        spec["num_speculative_tokens"], args.spec_tokens = spec_tokens, None
     method = spec.pop("method", None)
     if method not in (None, "custom_class", "nfoxhead", "medusa"):
         raise NFoxHeadError(

@@ -1,0 +1,115 @@
+"""Bad NFoxHead input fails with one clear line before the engine starts.
+
+Each case goes through vLLM's real config path (EngineArgs.create_engine_config,
+which `LLM(...)` and `vllm serve` call before creating the engine); one case
+goes through `LLM(...)` itself to show nothing else runs first.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+from vllm.engine.arg_utils import EngineArgs
+
+from vllm_nfoxhead.errors import NFoxHeadError
+
+
+def engine_config(model, spec):
+    args = EngineArgs(model=str(model), dtype="float32", max_model_len=512, speculative_config=spec)
+    return args.create_engine_config()
+
+
+@pytest.fixture
+def heads_copy(tiny_assets, tmp_path):
+    dest = tmp_path / "heads"
+    shutil.copytree(tiny_assets[1], dest)
+    return dest
+
+
+def edit_config(heads_dir, **changes):
+    cfg = json.loads((heads_dir / "config.json").read_text())
+    for key, value in changes.items():
+        if value is None:
+            cfg.pop(key, None)
+        else:
+            cfg[key] = value
+    (heads_dir / "config.json").write_text(json.dumps(cfg))
+
+
+def test_good_heads_translate_to_custom_class(tiny_assets):
+    cfg = engine_config(tiny_assets[0], {"model": f"nfoxhead:{tiny_assets[1]}"})
+    spec = cfg.speculative_config
+    assert spec.method == "custom_class"
+    assert spec.model == "vllm_nfoxhead.integration.proposer.NFoxHeadProposer"
+    assert spec.num_speculative_tokens == 4  # default: one per head
+    assert cfg.additional_config["nfoxhead"]["heads_dir"] == str(tiny_assets[1])
+
+
+def test_spec_model_flag_spelling(tiny_assets):
+    args = EngineArgs(model=str(tiny_assets[0]), dtype="float32", max_model_len=512,
+                      spec_model=f"nfoxhead:{tiny_assets[1]}", spec_tokens=2)
+    spec = args.create_engine_config().speculative_config
+    assert spec.method == "custom_class" and spec.num_speculative_tokens == 2
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [("nfoxhead:", "names no heads directory"),
+     ("nfoxhead:/no/such/heads", "heads directory '/no/such/heads' does not exist")],
+)
+def test_bad_heads_path(tiny_assets, model, message):
+    with pytest.raises(NFoxHeadError, match=message):
+        engine_config(tiny_assets[0], {"model": model})
+
+
+def test_missing_config_keys(tiny_assets, heads_copy):
+    edit_config(heads_copy, num_heads=None)
+    with pytest.raises(NFoxHeadError, match="missing key\\(s\\) num_heads"):
+        engine_config(tiny_assets[0], {"model": f"nfoxhead:{heads_copy}"})
+
+
+def test_truncated_weights(tiny_assets, heads_copy):
+    wfile = heads_copy / "model.safetensors"
+    wfile.write_bytes(wfile.read_bytes()[:1000])
+    with pytest.raises(NFoxHeadError, match="corrupt or truncated"):
+        engine_config(tiny_assets[0], {"model": f"nfoxhead:{heads_copy}"})
+
+
+def test_hidden_size_mismatch(tiny_assets, tmp_path):
+    import torch
+
+    from vllm_nfoxhead.format import HeadsConfig, save_heads
+    from vllm_nfoxhead.heads import NFoxHeads
+
+    for field, config in [
+        ("hidden size 64 but", HeadsConfig(num_heads=2, num_layers=1, hidden_size=64,
+                                            vocab_size=384, shared_lm_head=True)),
+        ("vocabulary size 500 but", HeadsConfig(num_heads=2, num_layers=1, hidden_size=128,
+                                                vocab_size=500, shared_lm_head=False)),
+    ]:
+        torch.manual_seed(0)
+        out = tmp_path / field.split()[0]
+        save_heads(out, config, NFoxHeads(config).state_dict_for_format())
+        with pytest.raises(NFoxHeadError, match=field):
+            engine_config(tiny_assets[0], {"model": f"nfoxhead:{out}"})
+
+
+def test_too_many_speculative_tokens(tiny_assets):
+    with pytest.raises(NFoxHeadError, match="num_speculative_tokens=6 but .* only 4 heads"):
+        engine_config(tiny_assets[0], {"model": f"nfoxhead:{tiny_assets[1]}",
+                                       "num_speculative_tokens": 6})
+
+
+def test_llm_fails_before_engine_start(tiny_assets, heads_copy):
+    """Through LLM(...) itself: the error comes fast, before any engine process."""
+    from vllm import LLM
+
+    (heads_copy / "model.safetensors").unlink()
+    start = time.monotonic()
+    with pytest.raises(NFoxHeadError, match="model.safetensors is missing"):
+        LLM(model=str(tiny_assets[0]), dtype="float32", max_model_len=512,
+            speculative_config={"model": f"nfoxhead:{heads_copy}"})
+    assert time.monotonic() - start < 10  # an engine start takes about 20 s here

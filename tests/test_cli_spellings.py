@@ -1,0 +1,37 @@
+"""Every user spelling, parsed by vLLM's real `vllm serve` argument parser."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.entrypoints.launchers.cli_args import make_arg_parser
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+PROPOSER = "vllm_nfoxhead.integration.proposer.NFoxHeadProposer"
+
+
+def spec_from_cli(model, *flags):
+    parser = make_arg_parser(FlexibleArgumentParser())
+    args = parser.parse_args(["--model", str(model), "--dtype", "float32",
+                              "--max-model-len", "512", *flags])
+    return AsyncEngineArgs.from_cli_args(args).create_engine_config().speculative_config
+
+
+@pytest.mark.parametrize("spelling", ["speculative-model", "spec-model", "speculative-config"])
+def test_spellings(tiny_assets, spelling):
+    model, heads = tiny_assets
+    if spelling == "speculative-config":
+        flags = ["--speculative-config",
+                 json.dumps({"model": f"nfoxhead:{heads}", "num_speculative_tokens": 3})]
+    else:
+        flags = [f"--{spelling}", f"nfoxhead:{heads}", "--num-speculative-tokens", "3"]
+    spec = spec_from_cli(model, *flags)
+    assert (spec.method, spec.model, spec.num_speculative_tokens) == ("custom_class", PROPOSER, 3)
+
+
+def test_other_methods_untouched(tiny_assets):
+    spec = spec_from_cli(tiny_assets[0], "--speculative-config",
+                         json.dumps({"method": "ngram", "num_speculative_tokens": 2}))
+    assert spec.method == "ngram"
