@@ -8,6 +8,7 @@ which vLLM hands unchanged to every worker.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ PREFIX = "nfoxhead:"
 PROPOSER_PATH = "vllm_nfoxhead.integration.proposer.NFoxHeadProposer"
 ADDITIONAL_CONFIG_KEY = "nfoxhead"
 # Keys users may add to --speculative-config that vLLM itself does not know.
-PLUGIN_KEYS: tuple[str, ...] = ()
+PLUGIN_KEYS: tuple[str, ...] = ("tree",)
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class NFoxHeadOptions:
     """What a worker needs to know about the heads, read from additional_config."""
 
     heads_dir: str
+    tree: list[list[int]] | None = None  # rank paths; None = chain drafting
 
     @classmethod
     def from_additional_config(cls, additional_config: Any) -> "NFoxHeadOptions":
@@ -36,7 +38,7 @@ class NFoxHeadOptions:
                 "the NFoxHead proposer was started without a heads directory",
                 'use speculative_config={"model": "nfoxhead:/path/to/heads"}',
             )
-        return cls(heads_dir=opts["heads_dir"])
+        return cls(heads_dir=opts["heads_dir"], tree=opts.get("tree"))
 
 
 def is_nfoxhead_model(model: Any) -> bool:
@@ -102,8 +104,17 @@ def validate_for_target(args: Any, hidden_size: int, vocab_size: int, base: str)
     config = validate_heads_dir(opts.heads_dir)
     check_base_compat(config, hidden_size, vocab_size, base)
     spec = args.speculative_config
+    tree = resolve_tree(opts.tree if opts.tree is not None else config.tree, config.num_heads)
+    args.additional_config[ADDITIONAL_CONFIG_KEY]["tree"] = tree
     k = spec.get("num_speculative_tokens")
-    if k is None:
+    if tree is not None:
+        if k is not None and k != len(tree):
+            raise NFoxHeadError(
+                f"num_speculative_tokens={k} but the tree has {len(tree)} nodes",
+                "leave num_speculative_tokens out (it follows the tree) or set it to the tree size",
+            )
+        spec["num_speculative_tokens"] = len(tree)
+    elif k is None:
         spec["num_speculative_tokens"] = config.num_heads
     elif not isinstance(k, int) or k < 1:
         raise NFoxHeadError(
@@ -117,3 +128,35 @@ def validate_for_target(args: Any, hidden_size: int, vocab_size: int, base: str)
             f"use num_speculative_tokens <= {config.num_heads}",
         )
     return config
+
+
+MAX_TREE_NODES = 128  # vLLM's MAX_SPEC_LEN: drafted tokens verified per step
+
+
+def resolve_tree(tree: Any, num_heads: int) -> list[list[int]] | None:
+    """A tree option (None, JSON text or list of rank paths) checked against the heads."""
+    if tree is None:
+        return None
+    if isinstance(tree, str):
+        try:
+            tree = json.loads(tree)
+        except json.JSONDecodeError as exc:
+            raise NFoxHeadError(f"tree {tree!r} is neither a preset nor JSON", "pass a list of rank paths") from exc
+    if not isinstance(tree, list) or not tree or not all(
+            isinstance(p, list) and p and all(isinstance(r, int) and r >= 0 for r in p) for p in tree):
+        raise NFoxHeadError("a tree must be a non-empty list of rank paths like [[0], [0, 0], [1]]",
+                            "fix the 'tree' option")
+    paths = {tuple(p) for p in tree}
+    if len(paths) != len(tree):
+        raise NFoxHeadError("the tree lists a path twice", "remove the duplicate")
+    for p in paths:
+        if len(p) > 1 and p[:-1] not in paths:
+            raise NFoxHeadError(f"tree path {list(p)} has no parent {list(p[:-1])}", "add every prefix of each path")
+    depth = max(len(p) for p in paths)
+    if depth > num_heads:
+        raise NFoxHeadError(f"the tree is {depth} deep but the heads are only {num_heads}",
+                            f"use a tree of depth <= {num_heads}")
+    if len(paths) > MAX_TREE_NODES:
+        raise NFoxHeadError(f"the tree has {len(paths)} nodes; vLLM verifies at most {MAX_TREE_NODES}",
+                            "use a smaller tree")
+    return [list(p) for p in sorted(paths, key=lambda p: (len(p), p))]

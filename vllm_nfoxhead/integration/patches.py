@@ -92,31 +92,76 @@ def patch_engine_args() -> None:
 
 
 def patch_model_runner() -> None:
-    """Hand the target's hidden states to our proposer (worker process).
-
-    Wraps vllm.v1.worker.gpu_model_runner.GPUModelRunner.propose_draft_token_ids
-    (CPUModelRunner inherits it): vLLM's custom_class call passes no hidden
-    states, so the wrapper gives the proposer, for each request, the post-norm
-    hidden state of its last accepted token first (the row Medusa used in 0.32).
-    """
+    """Runner hooks for NFoxHead (worker process); applied when the proposer is built."""
     check_supported_vllm()
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
     from .proposer import NFoxHeadProposer
+    from .tree_sampler import TreeRejectionSampler
+    from .tree_step import build_step, set_current_step
 
-    def make(orig: Callable[..., Any]) -> Callable[..., Any]:
+    # Wraps GPUModelRunner.propose_draft_token_ids (CPUModelRunner inherits it):
+    # vLLM's custom_class call passes no hidden states, so the proposer first gets,
+    # per request, the post-norm hidden state of its last accepted token (the row
+    # 0.32's Medusa used for chains; the accepted tree node for trees).
+    def make_propose(orig: Callable[..., Any]) -> Callable[..., Any]:
         def propose_draft_token_ids(self, scheduler_output, sampled_token_ids, sampling_metadata,
                                     hidden_states, sample_hidden_states, aux_hidden_states,
                                     spec_decode_metadata, *args, **kwargs):
             drafter = getattr(self, "drafter", None)
             if isinstance(drafter, NFoxHeadProposer) and isinstance(sampled_token_ids, list):
-                drafter.set_step_hidden_states(
-                    sample_hidden_states, sampled_token_ids, spec_decode_metadata
-                )
+                drafter.set_step_inputs(self, scheduler_output, sample_hidden_states,
+                                        sampled_token_ids, spec_decode_metadata)
             return orig(self, scheduler_output, sampled_token_ids, sampling_metadata,
                         hidden_states, sample_hidden_states, aux_hidden_states,
                         spec_decode_metadata, *args, **kwargs)
 
         return propose_draft_token_ids
 
-    _wrap(GPUModelRunner, "propose_draft_token_ids", make)
+    # Wraps GPUModelRunner._prepare_inputs: after vLLM assigned consecutive
+    # positions and KV slots, tree requests get RoPE positions ctx + depth, and
+    # the step's tree layout is published to the attention override and sampler.
+    def make_prepare(orig: Callable[..., Any]) -> Callable[..., Any]:
+        def _prepare_inputs(self, scheduler_output, *args, **kwargs):
+            result = orig(self, scheduler_output, *args, **kwargs)
+            drafter = getattr(self, "drafter", None)
+            if isinstance(drafter, NFoxHeadProposer) and drafter.tree is not None:
+                if not isinstance(self.rejection_sampler, TreeRejectionSampler):
+                    self.rejection_sampler = TreeRejectionSampler(self.rejection_sampler)
+                set_current_step(build_step(self, scheduler_output, drafter.parents_of))
+            return result
+
+        return _prepare_inputs
+
+    _wrap(GPUModelRunner, "propose_draft_token_ids", make_propose)
+    _wrap(GPUModelRunner, "_prepare_inputs", make_prepare)
+    patch_cpu_attention()
+
+
+def patch_cpu_attention() -> None:
+    """Tree mask on vLLM's CPU attention backend.
+
+    Wraps vllm.v1.attention.backends.cpu_attn.CPUAttentionBackendImpl.forward:
+    the kernel runs as usual, then the rows of tree requests are recomputed with
+    the tree mask (cpu_tree_attention.fix_tree_rows). No-op without a tree step.
+    """
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackendImpl
+
+    from .cpu_tree_attention import fix_tree_rows
+    from .tree_step import current_step
+
+    def make(orig: Callable[..., Any]) -> Callable[..., Any]:
+        def forward(self, layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs):
+            result = orig(self, layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs)
+            step = current_step()
+            if step is not None and step.requests and attn_metadata is not None:
+                fix_tree_rows(self, layer, query, key, value, kv_cache, attn_metadata, output, step)
+            return result
+
+        return forward
+
+    _wrap(CPUAttentionBackendImpl, "forward", make)

@@ -4,6 +4,10 @@ vLLM builds it in the model runner (`create_custom_proposer(vllm_config)`),
 calls `load_model(target_model)` once weights are loaded, and calls `propose`
 after each step's bookkeeping. The runner patch (patches.patch_model_runner)
 hands it the step's hidden states first, since vLLM's call does not.
+
+Drafts are a chain (top-1 of each head) or, with a tree configured, the tree's
+nodes in parent-first order; requests whose sampling needs a chain
+(penalties, logprobs, allowed/bad words, structured output) get a chain.
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..drafting import ChainDrafter, Drafter
+from ..drafting import ChainDrafter, PathTreeDrafter
 from ..format import validate_heads_dir
 from .options import NFoxHeadOptions
+from .tree_step import current_step, set_current_step
 
 logger = logging.getLogger("vllm_nfoxhead")
 
@@ -31,15 +36,30 @@ class NFoxHeadProposer:
         spec = vllm_config.speculative_config
         self.options = NFoxHeadOptions.from_additional_config(vllm_config.additional_config)
         self.heads_config = validate_heads_dir(self.options.heads_dir)
-        self.num_speculative_tokens: int = spec.num_speculative_tokens
         self.max_model_len: int = vllm_config.model_config.max_model_len
         self.dtype: torch.dtype = vllm_config.model_config.dtype
-        self.drafter: Drafter = ChainDrafter(self.num_speculative_tokens)
+        self.chain = ChainDrafter(min(spec.num_speculative_tokens, self.heads_config.num_heads))
+        self.tree: PathTreeDrafter | None = None
+        if self.options.tree is not None:
+            self.tree = self._tree_if_supported(self.options.tree)
         self.heads: nn.Module | None = None
-        # Set by the runner patch before each `propose`: [B, H] and which rows draft.
-        self._hidden: torch.Tensor | None = None
+        # Per step, set by the runner patch before `propose`.
+        self._hidden: torch.Tensor | None = None  # [B, H]
         self._has_token: list[bool] = []
+        self._wants_tree: list[bool] = []
+        self._req_ids: list[str] = []
+        self.parents_of: dict[str, list[int]] = {}  # req_id -> parents of its last draft
         patch_model_runner()
+
+    @staticmethod
+    def _tree_if_supported(paths: list[list[int]]) -> PathTreeDrafter | None:
+        from vllm.platforms import current_platform
+
+        if not current_platform.is_cpu():
+            logger.warning("NFoxHead: tree verification is not available on %s yet; "
+                           "drafting a chain instead", current_platform.device_name)
+            return None
+        return PathTreeDrafter(paths)
 
     def load_model(self, target_model: nn.Module) -> None:
         from .heads_vllm import VllmNFoxHeads
@@ -49,33 +69,39 @@ class NFoxHeadProposer:
         heads.load_weights(self.options.heads_dir)
         self.heads = heads.eval()
         logger.info(
-            "NFoxHead: %d heads from %s (%s LM head), drafting a chain of %d",
+            "NFoxHead: %d heads from %s (%s LM head), drafting %s",
             self.heads_config.num_heads, self.options.heads_dir,
             "shared" if self.heads_config.shared_lm_head else "own",
-            self.num_speculative_tokens,
+            f"a tree of {len(self.tree.parents)} nodes" if self.tree else
+            f"a chain of {self.chain.num_heads_used}",
         )
 
-    def set_step_hidden_states(
-        self,
-        sample_hidden_states: torch.Tensor,
-        sampled_token_ids: list[list[int]],
-        spec_decode_metadata: Any,
-    ) -> None:
-        """Pick each request's hidden state at its last accepted token.
+    def set_step_inputs(self, runner: Any, scheduler_output: Any, sample_hidden_states: torch.Tensor,
+                        sampled_token_ids: list[list[int]], spec_decode_metadata: Any) -> None:
+        """Pick each request's hidden state at its last accepted token, and its draft kind.
 
         sample_hidden_states [num_logit_rows, H] holds, per request, one row per
         drafted token plus one (or a single row when nothing was drafted).
         """
+        step, batch = current_step(), runner.input_batch
+        accepted = {r.batch_index: r.accepted for r in step.requests} if step else {}
         if sample_hidden_states.shape[0] == len(sampled_token_ids):
             rows = list(range(len(sampled_token_ids)))
         else:
             rows, offset = [], 0
-            for num_draft, tokens in zip(spec_decode_metadata.num_draft_tokens, sampled_token_ids):
-                rows.append(offset + max(len(tokens) - 1, 0))
+            for i, (num_draft, tokens) in enumerate(
+                    zip(spec_decode_metadata.num_draft_tokens, sampled_token_ids)):
+                last = accepted[i][-1] + 1 if accepted.get(i) else max(len(tokens) - 1, 0)
+                rows.append(offset + last)
                 offset += num_draft + 1
         index = torch.tensor(rows, device=sample_hidden_states.device)
         self._hidden = sample_hidden_states.index_select(0, index)  # [B, H]
         self._has_token = [len(t) > 0 for t in sampled_token_ids]
+        self._req_ids = list(batch.req_ids[: len(sampled_token_ids)])
+        structured = bool(getattr(scheduler_output, "has_structured_output_requests", False))
+        self._wants_tree = [self.tree is not None and not structured and tree_eligible(batch, i)
+                            for i in range(len(sampled_token_ids))]
+        set_current_step(None)
 
     def propose(
         self,
@@ -88,10 +114,33 @@ class NFoxHeadProposer:
         hidden, self._hidden = self._hidden, None
         if hidden is None or self.heads is None or not any(self._has_token):
             return [[] for _ in sampled_token_ids]
-        logits = self.heads.logits(hidden, self.drafter.num_heads_used)  # [K, B, V]
-        drafts = self.drafter.draft(logits).tolist()  # [B, N]
+        drafter = self.tree if any(self._wants_tree) else self.chain
+        num_heads = max(drafter.num_heads_used, self.chain.num_heads_used)
+        logits = self.heads.logits(hidden, num_heads)  # [K, B, V]
+        tree_drafts = drafter.draft(logits).tolist() if drafter is self.tree else None
+        chain_drafts = self.chain.draft(logits).tolist()
         out: list[list[int]] = []
-        for i, draft in enumerate(drafts):
-            room = self.max_model_len - int(num_tokens_no_spec[i])
-            out.append(draft[: max(room, 0)] if self._has_token[i] else [])
+        self.parents_of = {}
+        for i, req_id in enumerate(self._req_ids):
+            room = max(self.max_model_len - int(num_tokens_no_spec[i]), 0)
+            if not self._has_token[i]:
+                out.append([])
+            elif tree_drafts is not None and self._wants_tree[i]:
+                out.append(tree_drafts[i][:room])
+                self.parents_of[req_id] = self.tree.parents
+            else:
+                out.append(chain_drafts[i][:room])
         return out
+
+
+def tree_eligible(batch: Any, i: int) -> bool:
+    """Whether request i's sampling is exact under tree verification."""
+    req_id = batch.req_ids[i]
+    return (
+        batch.frequency_penalties_cpu[i] == 0.0
+        and batch.presence_penalties_cpu[i] == 0.0
+        and batch.repetition_penalties_cpu[i] == 1.0
+        and req_id not in batch.num_logprobs
+        and req_id not in batch.has_allowed_token_ids
+        and i not in batch.bad_words_token_ids
+    )

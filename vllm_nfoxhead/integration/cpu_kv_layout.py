@@ -1,0 +1,83 @@
+"""Reading keys and values back out of vLLM's CPU paged KV cache.
+
+The CPU backend stores K/V in an ISA-specific order inside each
+[block, kv_head] region (e.g. keys transposed for the "vec" kernel), written
+by the compiled op `cpu_attn_reshape_and_cache` and not documented. Instead of
+hard-coding it, `probe_layout` writes position/dimension codes through the real
+op once and records where each element lands, giving gather indices that turn
+the cache back into [tokens, kv_heads, head_size]. If the op's layout is not a
+per-region permutation, the probe says so and tree verification is disabled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class KVLayout:
+    """Gather indices into one flattened [block_size * head_size] region."""
+
+    block_size: int
+    head_size: int
+    key_index: torch.Tensor  # [block_size, head_size] int64
+    value_index: torch.Tensor  # [block_size, head_size] int64
+
+    def read_blocks(self, cache_half: torch.Tensor, blocks: torch.Tensor, which: str) -> torch.Tensor:
+        """All tokens of whole blocks, in position order: [len(blocks) * block_size, H_kv, D]."""
+        index = (self.key_index if which == "key" else self.value_index).reshape(-1)
+        regions = cache_half[blocks]  # [nb, H_kv, block_size, D]
+        nb, heads = regions.shape[:2]
+        flat = regions.reshape(nb, heads, -1)[:, :, index]  # element (p, d) at p * D + d
+        tokens = flat.view(nb, heads, self.block_size, self.head_size).permute(0, 2, 1, 3)
+        return tokens.reshape(nb * self.block_size, heads, self.head_size)
+
+    def read(self, cache_half: torch.Tensor, slots: torch.Tensor, which: str) -> torch.Tensor:
+        """cache_half [num_blocks, H_kv, block_size, D] (key or value view) -> [len(slots), H_kv, D]."""
+        index = self.key_index if which == "key" else self.value_index
+        blocks = torch.div(slots, self.block_size, rounding_mode="floor")
+        offsets = slots % self.block_size
+        regions = cache_half[blocks]  # [S, H_kv, block_size, D] (the region's memory)
+        flat = regions.reshape(regions.shape[0], regions.shape[1], -1)  # [S, H_kv, bs*D]
+        gather = index[offsets].unsqueeze(1).expand(-1, flat.shape[1], -1)  # [S, H_kv, D]
+        return flat.gather(2, gather)
+
+
+def probe_layout(block_size: int, head_size: int, dtype: torch.dtype, isa: str) -> KVLayout | None:
+    """Discover the layout by writing codes with the real op; None if it is not a permutation."""
+    from vllm import _custom_ops as ops
+
+    num_heads = 2
+    cache = torch.zeros(1, num_heads, 2 * block_size, head_size, dtype=dtype)
+    key_cache, value_cache = cache.chunk(2, dim=2)
+    slots = torch.arange(block_size)
+    shape = (block_size, num_heads, head_size)
+    pos = torch.arange(block_size).view(-1, 1, 1).expand(shape)
+    dim = torch.arange(head_size).view(1, 1, -1).expand(shape)
+    head = torch.arange(num_heads).view(1, -1, 1).expand(shape)
+    codes = {}
+    for name, code in (("pos", pos), ("dim", dim), ("head", head)):
+        # Small integers are exact in bf16/fp16 up to 256; shift by 1 so 0 means "untouched".
+        if int(code.max()) + 1 > 256:
+            return None
+        cache.zero_()
+        val = (code + 1).to(dtype)
+        ops.cpu_attn_reshape_and_cache(val, val, key_cache, value_cache, slots, isa)
+        codes[name] = (key_cache.float().clone(), value_cache.float().clone())
+    indices = []
+    for half in (0, 1):
+        pos_c, dim_c, head_c = (codes[n][half][0] - 1 for n in ("pos", "dim", "head"))
+        # Regions are per head: every element of head h's region must carry head code h.
+        expected_head = torch.arange(num_heads).view(-1, 1, 1).float()
+        if not torch.equal(head_c, expected_head.expand_as(head_c)):
+            return None
+        flat_pos, flat_dim = pos_c[0].reshape(-1), dim_c[0].reshape(-1)  # head 0's region
+        key = flat_pos.long() * head_size + flat_dim.long()
+        if flat_pos.min() < 0 or sorted(key.tolist()) != list(range(block_size * head_size)):
+            return None
+        index = torch.empty(block_size * head_size, dtype=torch.long)
+        index[key] = torch.arange(block_size * head_size)
+        indices.append(index.view(block_size, head_size))
+    return KVLayout(block_size, head_size, indices[0], indices[1])
