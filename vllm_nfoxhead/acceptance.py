@@ -77,7 +77,7 @@ def accept_typical(buffers: TreeBuffers, draft_tokens: torch.Tensor, target_prob
     limit = torch.clamp(alpha * torch.exp(-entropy), max=threshold)  # [B, N+1]
     match = (p_tok > limit[:, rows]) & (drafts >= 0)                # [B, N]
     logp = torch.where(match, torch.log(p_tok.clamp(min=1e-30)), 0.0)
-    path_logp = logp @ buffers.ancestors.T.to(logp.dtype)           # [B, N]
+    path_logp = _along_paths(buffers, logp, 0.0).sum(-1)            # [B, N]
     best = _deepest_accepted(buffers, match, tiebreak=path_logp)
     argmax = target_probs.argmax(dim=-1)                            # [B, N+1]
     bonus = argmax.gather(1, (best + 1)[:, None]).squeeze(1)
@@ -133,8 +133,7 @@ def _deepest_accepted(buffers: TreeBuffers, match: torch.Tensor,
     A node is on an accepted path when it and all its ancestors match. The deepest
     wins; ties: larger `tiebreak` [B, N] float, then the lowest node index.
     """
-    misses = (~match).to(torch.float32) @ buffers.ancestors.T.to(torch.float32)  # [B, N]
-    ok = misses == 0
+    ok = _along_paths(buffers, match, True).all(dim=-1)             # [B, N]
     depth = torch.where(ok, buffers.depth, 0)                       # [B, N]
     best_depth = depth.max(dim=1, keepdim=True).values              # [B, 1]
     cand = ok & (depth == best_depth)
@@ -143,6 +142,12 @@ def _deepest_accepted(buffers: TreeBuffers, match: torch.Tensor,
         cand = cand & (score == score.max(dim=1, keepdim=True).values)
     best = cand.to(torch.int8).argmax(dim=1)                       # first True
     return torch.where(best_depth.squeeze(1) > 0, best, -1)
+
+
+def _along_paths(buffers: TreeBuffers, values: torch.Tensor, pad: float | bool) -> torch.Tensor:
+    """values [B, N] -> [B, N, D]: the values of each node's ancestors-and-self, `pad` past its depth."""
+    padded = torch.cat([values, torch.full_like(values[:, :1], pad)], dim=1)  # [B, N+1]
+    return padded[:, buffers.node_paths]                            # index -1 = the pad column
 
 
 def _result(buffers: TreeBuffers, drafts: torch.Tensor, best: torch.Tensor,
