@@ -271,3 +271,14 @@ def test_typical_acceptance_is_not_lossless():
     table = _toy_model()
     counts, _ = _speculate_first_tokens(table, TREE3, "typical", 20_000, seed=11)
     assert _chi_square_p_value(counts, _exact_first_tokens(table)) < 1e-12
+
+
+def test_disabled_nodes_never_accepted_in_any_mode():
+    b = parse_tree("chain_2").buffers()
+    probs = torch.zeros(64, 3, 4)
+    probs[..., 0] = 1.0                           # the model is certain of token 0 everywhere
+    drafts = torch.tensor([[0, -1]]).repeat(64, 1)  # node 1 disabled
+    for res in (accept_greedy(b, drafts, probs), accept_typical(b, drafts, probs),
+                accept_sampling(b, drafts, probs, generator=torch.Generator().manual_seed(0))):
+        assert res.num_accepted.tolist() == [1] * 64
+        assert res.tokens[0].tolist() == [0, 0, -1]
