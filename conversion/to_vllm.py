@@ -147,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
     config.dtype = args.dtype or config.dtype
     config.tree = tree
     config.extra["source"] = str(args.input)
+    if not config.base_model and lm_base is not None:
+        config.base_model = lm_base.name  # the source did not say; the base we checked against
 
     needs_lm = config.shared_lm_head and (args.to == "vllm-medusa" or args.verify)
     if needs_lm and lm_base is None:

@@ -286,6 +286,7 @@ def test_medusa_v2_tied_base_uses_embeddings(tmp_path, capsys):
     assert rc == 0, err
     vt = load_file(str(tmp_path / "out" / "vllm-medusa" / "model.safetensors"))
     assert torch.equal(vt["lm_head.weight"], embed)
+    assert validate_heads_dir(tmp_path / "out").base_model == "tiny/base"  # from --base-model
 
 
 @pytest.mark.parametrize("kind", ["safetensors", "bin"])
