@@ -8,7 +8,6 @@ which vLLM hands unchanged to every worker.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -130,33 +129,11 @@ def validate_for_target(args: Any, hidden_size: int, vocab_size: int, base: str)
     return config
 
 
-MAX_TREE_NODES = 128  # vLLM's MAX_SPEC_LEN: drafted tokens verified per step
-
 
 def resolve_tree(tree: Any, num_heads: int) -> list[list[int]] | None:
-    """A tree option (None, JSON text or list of rank paths) checked against the heads."""
+    """A tree option (None, preset name, JSON text or list of rank paths), checked against the heads."""
     if tree is None:
         return None
-    if isinstance(tree, str):
-        try:
-            tree = json.loads(tree)
-        except json.JSONDecodeError as exc:
-            raise NFoxHeadError(f"tree {tree!r} is neither a preset nor JSON", "pass a list of rank paths") from exc
-    if not isinstance(tree, list) or not tree or not all(
-            isinstance(p, list) and p and all(isinstance(r, int) and r >= 0 for r in p) for p in tree):
-        raise NFoxHeadError("a tree must be a non-empty list of rank paths like [[0], [0, 0], [1]]",
-                            "fix the 'tree' option")
-    paths = {tuple(p) for p in tree}
-    if len(paths) != len(tree):
-        raise NFoxHeadError("the tree lists a path twice", "remove the duplicate")
-    for p in paths:
-        if len(p) > 1 and p[:-1] not in paths:
-            raise NFoxHeadError(f"tree path {list(p)} has no parent {list(p[:-1])}", "add every prefix of each path")
-    depth = max(len(p) for p in paths)
-    if depth > num_heads:
-        raise NFoxHeadError(f"the tree is {depth} deep but the heads are only {num_heads}",
-                            f"use a tree of depth <= {num_heads}")
-    if len(paths) > MAX_TREE_NODES:
-        raise NFoxHeadError(f"the tree has {len(paths)} nodes; vLLM verifies at most {MAX_TREE_NODES}",
-                            "use a smaller tree")
-    return [list(p) for p in sorted(paths, key=lambda p: (len(p), p))]
+    from ..tree import parse_tree
+
+    return parse_tree(tree, num_heads=num_heads).to_list()

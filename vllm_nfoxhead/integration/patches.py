@@ -128,7 +128,7 @@ def patch_model_runner() -> None:
             if isinstance(drafter, NFoxHeadProposer) and drafter.tree is not None:
                 if not isinstance(self.rejection_sampler, TreeRejectionSampler):
                     self.rejection_sampler = TreeRejectionSampler(self.rejection_sampler)
-                set_current_step(build_step(self, scheduler_output, drafter.parents_of))
+                set_current_step(build_step(self, scheduler_output, drafter.tree_of))
             return result
 
         return _prepare_inputs

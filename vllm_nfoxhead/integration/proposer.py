@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..drafting import ChainDrafter, PathTreeDrafter
+from ..drafting import ChainDrafter
+from ..tree import Tree, TreeDrafter, parse_tree
 from ..format import validate_heads_dir
 from .options import NFoxHeadOptions
 from .tree_step import current_step, set_current_step
@@ -39,7 +40,7 @@ class NFoxHeadProposer:
         self.max_model_len: int = vllm_config.model_config.max_model_len
         self.dtype: torch.dtype = vllm_config.model_config.dtype
         self.chain = ChainDrafter(min(spec.num_speculative_tokens, self.heads_config.num_heads))
-        self.tree: PathTreeDrafter | None = None
+        self.tree: TreeDrafter | None = None
         if self.options.tree is not None:
             self.tree = self._tree_if_supported(self.options.tree)
         self.heads: nn.Module | None = None
@@ -48,18 +49,18 @@ class NFoxHeadProposer:
         self._has_token: list[bool] = []
         self._wants_tree: list[bool] = []
         self._req_ids: list[str] = []
-        self.parents_of: dict[str, list[int]] = {}  # req_id -> parents of its last draft
+        self.tree_of: dict[str, Tree] = {}  # req_id -> tree of its last draft (absent: chain)
         patch_model_runner()
 
     @staticmethod
-    def _tree_if_supported(paths: list[list[int]]) -> PathTreeDrafter | None:
+    def _tree_if_supported(paths: list[list[int]]) -> TreeDrafter | None:
         from vllm.platforms import current_platform
 
         if not current_platform.is_cpu():
             logger.warning("NFoxHead: tree verification is not available on %s yet; "
                            "drafting a chain instead", current_platform.device_name)
             return None
-        return PathTreeDrafter(paths)
+        return TreeDrafter(parse_tree(paths))
 
     def load_model(self, target_model: nn.Module) -> None:
         from .heads_vllm import VllmNFoxHeads
@@ -72,7 +73,7 @@ class NFoxHeadProposer:
             "NFoxHead: %d heads from %s (%s LM head), drafting %s",
             self.heads_config.num_heads, self.options.heads_dir,
             "shared" if self.heads_config.shared_lm_head else "own",
-            f"a tree of {len(self.tree.parents)} nodes" if self.tree else
+            f"a tree of {self.tree.tree.num_nodes} nodes" if self.tree else
             f"a chain of {self.chain.num_heads_used}",
         )
 
@@ -120,14 +121,14 @@ class NFoxHeadProposer:
         tree_drafts = drafter.draft(logits).tolist() if drafter is self.tree else None
         chain_drafts = self.chain.draft(logits).tolist()
         out: list[list[int]] = []
-        self.parents_of = {}
+        self.tree_of = {}
         for i, req_id in enumerate(self._req_ids):
             room = max(self.max_model_len - int(num_tokens_no_spec[i]), 0)
             if not self._has_token[i]:
                 out.append([])
             elif tree_drafts is not None and self._wants_tree[i]:
                 out.append(tree_drafts[i][:room])
-                self.parents_of[req_id] = self.tree.parents
+                self.tree_of[req_id] = self.tree.tree
             else:
                 out.append(chain_drafts[i][:room])
         return out

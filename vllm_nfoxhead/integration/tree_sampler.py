@@ -3,58 +3,53 @@
 `TreeRejectionSampler` replaces the runner's `rejection_sampler`. It first runs
 vLLM's own sampler for the whole batch (chains, logprobs, penalties stay
 exactly vLLM's), then re-decides the rows of requests whose drafts branch:
-walk from the root, at each node take the target's token (argmax when greedy,
-a sample from the temperature/top-k/top-p distribution otherwise) and move into
-the child drafted with that token, else stop and emit it. Siblings hold
-distinct tokens, so this is plain sampling: lossless at any temperature.
+the core acceptance rules (acceptance.py) walk the tree with the target's
+argmax (greedy) or with samples of its temperature/top-k/top-p distribution
+(exact tree sampling, lossless at any temperature).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
+from ..acceptance import Acceptance, accept_greedy, accept_sampling
+from ..kv_compaction import compaction_pairs
 from .cpu_tree_attention import layout_for, split_cache
 from .tree_step import TreeRequest, TreeStep, current_step
 
 _SAMPLING_EPS = 1e-5  # vLLM's threshold below which a temperature means greedy
 
 
-def walk_tree(parents: list[int], tokens: list[int], choose: Callable[[int], int]) -> tuple[list[int], int]:
-    """Accepted node path and the token emitted after it.
-
-    `choose(row)` gives the target's token at a row (0 = root, j+1 = node j).
-    """
-    children: dict[int, dict[int, int]] = {}
-    for node, (parent, token) in enumerate(zip(parents, tokens)):
-        children.setdefault(parent, {}).setdefault(token, node)
-    path: list[int] = []
-    current = -1
-    while True:
-        token = choose(current + 1)
-        child = children.get(current, {}).get(token)
-        if child is None:
-            return path, token
-        path.append(child)
-        current = child
-
-
-def row_chooser(logits: torch.Tensor, index: int, sampling_metadata: Any) -> Callable[[int], int]:
-    """How request `index` turns a logits row [V] into a token."""
+def target_probs(logits: torch.Tensor, index: int, sampling_metadata: Any) -> torch.Tensor | None:
+    """Request `index`'s sampling distribution per row [n+1, V]; None when it is greedy."""
     temperature = sampling_metadata.temperature
     t = 0.0 if sampling_metadata.all_greedy or temperature is None else float(temperature[index])
     if t < _SAMPLING_EPS:
-        return lambda row: int(logits[row].argmax())
+        return None
     from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p
 
-    top_k = sampling_metadata.top_k
-    top_p = sampling_metadata.top_p
-    k = top_k[index : index + 1].expand(logits.shape[0]) if top_k is not None else None
-    p = top_p[index : index + 1].expand(logits.shape[0]) if top_p is not None else None
-    probs = apply_top_k_top_p(logits / t, k, p).softmax(dim=-1)  # [n+1, V]
+    rows = logits.shape[0]
+    top_k, top_p = sampling_metadata.top_k, sampling_metadata.top_p
+    k = top_k[index : index + 1].expand(rows) if top_k is not None else None
+    p = top_p[index : index + 1].expand(rows) if top_p is not None else None
+    return apply_top_k_top_p(logits / t, k, p).softmax(dim=-1)
+
+
+def verify(req: TreeRequest, drafts: list[int], logits: torch.Tensor, index: int,
+           sampling_metadata: Any) -> Acceptance:
+    """Run the core acceptance rule on one request (nodes beyond n disabled)."""
+    n, total = req.num_nodes, req.buffers.num_nodes
+    tokens = torch.full((1, total), -1, dtype=torch.long)
+    tokens[0, :n] = torch.tensor(drafts)
+    rows = torch.zeros(total + 1, logits.shape[1], dtype=logits.dtype)
+    rows[: n + 1] = logits  # rows of disabled nodes are never read
+    probs = target_probs(rows, index, sampling_metadata)
+    if probs is None:
+        return accept_greedy(req.buffers, tokens, rows[None])
     generator = sampling_metadata.generators.get(index)
-    return lambda row: int(torch.multinomial(probs[row], 1, generator=generator))
+    return accept_sampling(req.buffers, tokens, probs[None], generator=generator)
 
 
 class TreeRejectionSampler:
@@ -77,15 +72,12 @@ class TreeRejectionSampler:
         drafts = metadata.draft_token_ids.tolist()
         cu = metadata.cu_num_draft_tokens.tolist()
         for req in step.requests:
-            i = req.batch_index
-            n = req.num_rows - 1
-            req_drafts = drafts[cu[i] - n : cu[i]]
-            choose = row_chooser(rows[i], i, sampling_metadata)
-            path, bonus = walk_tree(req.parents, req_drafts, choose)
-            req.accepted = path
+            i, n = req.batch_index, req.num_nodes
+            result = verify(req, drafts[cu[i] - n : cu[i]], rows[i], i, sampling_metadata)
+            emitted = result.tokens[0]  # accepted tokens, bonus, -1 padding
+            req.accepted = result.accepted_nodes[0, : int(result.num_accepted[0])].tolist()
             tokens[i].fill_(-1)
-            tokens[i, : len(path)] = torch.tensor([req_drafts[j] for j in path], dtype=tokens.dtype)
-            tokens[i, len(path)] = bonus
+            tokens[i, : emitted.shape[0]] = emitted.to(tokens.dtype)
         compact_kv(step)
         return out
 
@@ -105,16 +97,19 @@ def compact_kv(step: TreeStep) -> None:
     """
     from vllm import _custom_ops as ops
 
-    src_rows, dst_rows = [], []
-    for req in step.requests:
-        for j, node in enumerate(req.accepted):
-            if node != j:
-                src_rows.append(req.start + 1 + node)
-                dst_rows.append(req.start + 1 + j)
-    if not src_rows or step.slot_mapping is None:
+    if step.slot_mapping is None:
         return
-    src = step.slot_mapping[torch.tensor(src_rows)].long()
-    dst = step.slot_mapping[torch.tensor(dst_rows)].long()
+    pairs = [
+        compaction_pairs(step.slot_mapping[req.start + 1 : req.start + req.num_rows][None],
+                         torch.tensor([req.accepted], dtype=torch.long))
+        for req in step.requests if req.accepted
+    ]
+    if not pairs:
+        return
+    src = torch.cat([p[0] for p in pairs])
+    dst = torch.cat([p[1] for p in pairs])
+    if src.numel() == 0:
+        return
     for layer, impl, kv_cache in step.layers.values():
         key_cache, value_cache = split_cache(kv_cache)
         num_blocks, num_kv_heads, block_size, two_d = kv_cache.shape

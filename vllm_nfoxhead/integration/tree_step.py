@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from ..tree import Tree, TreeBuffers
+
 
 @dataclass
 class TreeRequest:
@@ -21,14 +23,18 @@ class TreeRequest:
     batch_index: int
     start: int  # first query row of the request (the root: its last sampled token)
     ctx: int  # tokens already in the KV cache; the root's position
-    parents: list[int]  # parent node of each node, -1 for the root
-    mask: torch.Tensor  # [n+1, n+1] bool: row sees column (root, ancestors, itself)
-    depth: torch.Tensor  # [n+1] int64: 0 for the root
+    num_nodes: int  # n drafted nodes scheduled (a parent-first prefix of the tree)
+    buffers: TreeBuffers  # of the whole tree; rows beyond n are absent this step
     accepted: list[int] = field(default_factory=list)  # node indices kept, set by the sampler
 
     @property
     def num_rows(self) -> int:
-        return len(self.parents) + 1
+        return self.num_nodes + 1
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """[n+1, n+1] bool: a row sees the root, its ancestors and itself."""
+        return self.buffers.attn_mask[: self.num_rows, : self.num_rows]
 
 
 @dataclass
@@ -50,25 +56,11 @@ def set_current_step(step: TreeStep | None) -> None:
     _current = step
 
 
-def tree_rows(parents: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Parents (node order, parents first) -> mask [n+1, n+1] bool and depth [n+1] int64."""
-    n = len(parents)
-    mask = torch.zeros(n + 1, n + 1, dtype=torch.bool)
-    depth = torch.zeros(n + 1, dtype=torch.long)
-    mask[0, 0] = True
-    for j, p in enumerate(parents):
-        row = j + 1
-        mask[row] = mask[p + 1]
-        mask[row, row] = True
-        depth[row] = depth[p + 1] + 1
-    return mask, depth
-
-
 def is_chain(parents: list[int]) -> bool:
     return all(p == j - 1 for j, p in enumerate(parents))
 
 
-def build_step(runner: Any, scheduler_output: Any, parents_of: dict[str, list[int]]) -> TreeStep:
+def build_step(runner: Any, scheduler_output: Any, tree_of: dict[str, Tree]) -> TreeStep:
     """Find this step's tree requests and rewrite their RoPE positions to ctx + depth.
 
     Slots were already assigned from consecutive positions, so every node keeps
@@ -79,19 +71,19 @@ def build_step(runner: Any, scheduler_output: Any, parents_of: dict[str, list[in
     spec = scheduler_output.scheduled_spec_decode_tokens
     starts = runner.query_start_loc.np
     for i, req_id in enumerate(batch.req_ids[: batch.num_reqs]):
-        drafts = spec.get(req_id)
-        parents = parents_of.get(req_id)
-        if not drafts or parents is None:
+        drafts, tree = spec.get(req_id), tree_of.get(req_id)
+        if not drafts or tree is None:
             continue
-        parents = parents[: len(drafts)]  # the scheduler may cut the tail: still a tree
-        if is_chain(parents):
+        n = len(drafts)  # the scheduler may cut the tail: a parent-first prefix is still a tree
+        buffers = tree.buffers("cpu")
+        if is_chain(buffers.parent[:n].tolist()):
             continue
         start = int(starts[i])
-        if int(starts[i + 1]) - start != len(parents) + 1:
+        if int(starts[i + 1]) - start != n + 1:
             continue  # not a plain verification step for this request
         ctx = int(batch.num_computed_tokens_cpu[i])
-        mask, depth = tree_rows(parents)
-        rows = torch.arange(start, start + len(parents) + 1, device=runner.positions.device)
-        runner.positions[rows] = ctx + depth.to(runner.positions.device)
-        requests.append(TreeRequest(i, start, ctx, parents, mask, depth))
+        rows = torch.arange(start, start + n + 1, device=runner.positions.device)
+        depth = buffers.position_offsets[: n + 1].to(runner.positions.device)
+        runner.positions[rows] = ctx + depth
+        requests.append(TreeRequest(i, start, ctx, n, buffers))
     return TreeStep(requests)
