@@ -1,0 +1,115 @@
+"""The shipped prompt sets: counts, distinctness, disjointness, categories, no benchmark text."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from vllm_nfoxhead import prompts as P
+from vllm_nfoxhead.errors import NFoxHeadError
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "prompts"
+CATEGORIES = {"writing", "coding", "maths", "reasoning", "extraction", "roleplay",
+              "knowledge", "summarisation"}
+# Independent of the generator's own list: opening words of well-known public
+# benchmark questions (MT-Bench, Spec-Bench, AlpacaEval).
+BENCHMARK_TEXT = (
+    "compose an engaging travel blog post", "draft a professional email seeking",
+    "imagine you are writing a blog post comparing", "write a persuasive email to convince",
+    "describe a vivid and unique character", "could you write a captivating short story",
+    "craft an intriguing opening paragraph", "help me construct a catchy",
+    "edit the following paragraph to correct", "embrace the role of", "pretend yourself to be",
+    "suppose you are a mathematician and poet", "imagine yourself as a doctor",
+    "please take on the role of a relationship coach", "please assume the role of an english",
+    "now you are a machine learning engineer", "embody the persona of",
+    "suppose you are in a race with a group of people", "parents have complained to the principal",
+    "how many integers are in the solution of the inequality",
+    "when a number is divided by 10, the remainder is 4",
+    "develop a python program that reads all the text files",
+    "implement a program to find the common elements in two arrays",
+    "write a simple website in html", "the binary tree is full if",
+    "extract the following information from the presented texts",
+    "given these categories - literature, history, science, and art",
+    "evaluate the following movie reviews on a scale of 1 to 5",
+    "give three tips for staying healthy", "what are the three primary colors",
+)
+
+
+def _load(name: str) -> list[dict]:
+    lines = (DATA / name).read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
+
+
+@pytest.fixture(scope="module")
+def sets() -> tuple[list[dict], list[dict]]:
+    return _load("train.jsonl"), _load("bench.jsonl")
+
+
+def test_counts_and_fields(sets):
+    train, bench = sets
+    assert len(train) >= 2000 and len(bench) >= 48
+    for row in (*train, *bench):
+        assert set(row) == {"id", "category", "prompt"}
+        assert row["prompt"].strip() and len(row["prompt"]) < 2000
+
+
+def test_categories_balanced(sets):
+    for rows in sets:
+        counts = Counter(r["category"] for r in rows)
+        assert set(counts) == CATEGORIES
+        assert max(counts.values()) - min(counts.values()) <= 1
+
+
+def test_distinct_and_disjoint(sets):
+    train, bench = sets
+    for rows in sets:
+        assert len({r["id"] for r in rows}) == len(rows)
+        assert len({P.normalise(r["prompt"]) for r in rows}) == len(rows)
+    assert not {r["id"] for r in train} & {r["id"] for r in bench}
+    assert not {P.normalise(r["prompt"]) for r in train} & {P.normalise(r["prompt"]) for r in bench}
+
+
+def test_varied_not_one_sentence(sets):
+    """Prompts are not a handful of sentences with one word swapped."""
+    train, _ = sets
+    openings = Counter(" ".join(r["prompt"].split()[:4]) for r in train)
+    assert len(openings) > 150
+    assert openings.most_common(1)[0][1] < 0.05 * len(train)
+
+
+def test_no_benchmark_text(sets):
+    for row in (*sets[0], *sets[1]):
+        text = P.normalise(row["prompt"])
+        assert not [b for b in BENCHMARK_TEXT + P.FORBIDDEN_PHRASES if b in text], row["id"]
+
+
+def test_files_match_generator(tmp_path):
+    """The committed files are exactly what the seeded generator writes."""
+    P.build(tmp_path)
+    for name in ("train.jsonl", "bench.jsonl"):
+        assert (tmp_path / name).read_bytes() == (DATA / name).read_bytes()
+
+
+def test_bench_topics_never_in_train():
+    """Main-pool items are split, so the two generators never share a topic."""
+    for pool in (P.WRITING_TOPICS, P.CODE_TASKS, P.PERSONAS, P.EXPLAIN, P.MATH_TEMPLATES):
+        bench = P.bench_share(pool)
+        assert 0 < len(bench) < len(pool)
+    train = " ".join(p.prompt for p in P.generate_split("train", 400))
+    for topic in P.bench_share(P.WRITING_TOPICS) | P.bench_share(P.PERSONAS):
+        assert repr(topic).strip("'\"") not in train
+
+
+def test_check_rejects_overlap_and_benchmark_text():
+    a = P.Prompt("train-x-0", "writing", "Write a haiku about tea.")
+    b = P.Prompt("bench-x-0", "writing", "write a  haiku about TEA.")
+    with pytest.raises(NFoxHeadError, match="both train and bench"):
+        P.check_prompt_sets([a], [b])
+    bad = P.Prompt("train-x-1", "knowledge", "Explain photosynthesis.")
+    with pytest.raises(NFoxHeadError, match="benchmark text"):
+        P.check_prompt_sets([bad], [])
+    with pytest.raises(NFoxHeadError, match="duplicate prompts"):
+        P.check_prompt_sets([a, P.Prompt("train-x-2", "writing", a.prompt)], [])
