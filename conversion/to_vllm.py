@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from vllm_nfoxhead.errors import NFoxHeadError
 from vllm_nfoxhead.format import DTYPES, HeadsConfig, check_base_compat, head_key, save_heads
+from vllm_nfoxhead.tree import parse_tree
 
 from .base_model import BaseModel
 from .families import READERS, reader_for
@@ -56,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="dtype of the written tensors (default: the source dtype)")
     parser.add_argument("--num-heads", type=int, metavar="N", help="keep only the first N heads")
     parser.add_argument("--tree", metavar="NAME|JSON",
-                        help="default tree stored in config.json: a preset name (e.g. mc_sim_7b_63) or "
-                        "a JSON list of rank paths, e.g. '[[0],[0,0],[1]]' (stored as is)")
+                        help="default tree stored in config.json, validated against the heads: a preset name (e.g. mc_sim_7b_63) or "
+                        "a JSON list of rank paths, e.g. '[[0],[0,0],[1]]'")
     parser.add_argument("--to", choices=["nfoxhead", "vllm-medusa"], default="nfoxhead",
                         help="vllm-medusa: ALSO write vLLM 0.32's built-in Medusa format (into "
                         f"OUTPUT/{VLLM_MEDUSA_SUBDIR}/ or --vllm-medusa-output)")
@@ -73,20 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_tree(value: str | None) -> Any:
-    """`--tree`: a preset name, or a JSON list of rank paths (stored, not validated)."""
+def parse_tree_option(value: str | None, num_heads: int | None = None) -> Any:
+    """`--tree`: a preset name (stored by name) or JSON rank paths (stored as a list),
+    validated by the plugin's own rules (tree.parse_tree) against the heads."""
     if value is None:
         return None
-    text = value.strip()
-    if not text.startswith("["):
-        return text
-    try:
-        tree = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise NFoxHeadError(f"--tree is not valid JSON ({exc})", "write e.g. --tree '[[0],[0,0],[1]]'") from exc
-    if not all(isinstance(p, list) and all(isinstance(r, int) for r in p) for p in tree):
-        raise NFoxHeadError("--tree must be a list of lists of ints", "write e.g. --tree '[[0],[0,0],[1]]'")
-    return tree
+    tree = parse_tree(value.strip(), num_heads=num_heads)
+    return value.strip() if not value.strip().startswith("[") else tree.to_list()
 
 
 def keep_heads(config: HeadsConfig, tensors: dict[str, torch.Tensor], n: int | None) -> None:
@@ -131,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
             check_destination(vllm_out, args.force, inputs + [args.output])
     if args.tolerance is not None and args.tolerance < 0:
         raise NFoxHeadError("--tolerance must be >= 0", "pass e.g. --tolerance 1e-3")
-    tree = parse_tree(args.tree)
+    parse_tree_option(args.tree)  # syntax and presets, before any reading
     base = BaseModel.from_dir(args.base_model) if args.base_model else None
 
     reader = reader_for(args.input, args.format)
@@ -145,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     share_single_lm_head(source, lm_base, warnings)
     keep_heads(config, tensors, args.num_heads)
     config.dtype = args.dtype or config.dtype
-    config.tree = tree
+    config.tree = parse_tree_option(args.tree, num_heads=config.num_heads)
     config.extra["source"] = str(args.input)
     if not config.base_model and lm_base is not None:
         config.base_model = lm_base.name  # the source did not say; the base we checked against

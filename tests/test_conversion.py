@@ -234,17 +234,17 @@ def test_medusa_v1_untied_layers_options(tmp_path, capsys):
     (tmp_path / "in" / "config.json").write_text(json.dumps({"medusa_num_heads": 4, "medusa_num_layers": 2}))
     out = tmp_path / "out"
     rc, stdout, err = run_cli(capsys, tmp_path / "in", "-o", out, "--num-heads", "3", "--dtype", "float16",
-                              "--tree", "mc_sim_7b_63", "--verify")
+                              "--tree", "mc_sim_16", "--verify")
     assert rc == 0, err
     assert "verify nfoxhead: max abs logit difference" in stdout and "ok" in stdout
     cfg = validate_heads_dir(out)
-    assert (cfg.num_heads, cfg.num_layers, cfg.dtype, cfg.tree) == (3, 2, "float16", "mc_sim_7b_63")
+    assert (cfg.num_heads, cfg.num_layers, cfg.dtype, cfg.tree) == (3, 2, "float16", "mc_sim_16")
     x = hidden()
     ref = ref_logits_reference_keys(src, "", x)[:3]
     close(plugin_logits(out, x), ref, tol=5e-2)  # fp16 storage
-    # JSON tree is stored as a list
+    # JSON tree is stored as a list, in canonical (depth, path) order
     rc, _, err = run_cli(capsys, tmp_path / "in", "-o", tmp_path / "out2", "--tree", "[[0],[0,0],[1]]")
-    assert rc == 0 and validate_heads_dir(tmp_path / "out2").tree == [[0], [0, 0], [1]]
+    assert rc == 0 and validate_heads_dir(tmp_path / "out2").tree == [[0], [1], [0, 0]]
 
 
 def test_medusa_v2_shared_lm_head_to_vllm_medusa(tmp_path, capsys):

@@ -142,7 +142,9 @@ def test_format_override_mismatch(tmp_path, capsys):
 def test_options_out_of_range(tmp_path, capsys):
     write_medusa_v1(tmp_path / "in", reference_medusa_head(2, 1))
     assert "--num-heads 3 is out of range" in fails(capsys, tmp_path, tmp_path / "in", "--num-heads", "3")
-    assert "--tree is not valid JSON" in fails(capsys, tmp_path, tmp_path / "in", "--tree", "[[0]")
+    assert "tree JSON does not parse" in fails(capsys, tmp_path, tmp_path / "in", "--tree", "[[0]")
+    # a tree deeper than the heads is refused before anything is written
+    assert "tree depth 4 exceeds the 2 heads" in fails(capsys, tmp_path, tmp_path / "in", "--tree", "mc_sim_7b_63", "--num-heads", "2")
 
 
 def test_truncated_vocab_vllm_medusa(tmp_path, capsys):

@@ -19,7 +19,8 @@ PREFIX = "nfoxhead:"
 PROPOSER_PATH = "vllm_nfoxhead.integration.proposer.NFoxHeadProposer"
 ADDITIONAL_CONFIG_KEY = "nfoxhead"
 # Keys users may add to --speculative-config that vLLM itself does not know.
-PLUGIN_KEYS: tuple[str, ...] = ("tree",)
+PLUGIN_KEYS: tuple[str, ...] = ("tree", "acceptance", "posterior_threshold", "posterior_alpha")
+ACCEPTANCE_MODES = ("exact", "typical")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,9 @@ class NFoxHeadOptions:
 
     heads_dir: str
     tree: list[list[int]] | None = None  # rank paths; None = chain drafting
+    acceptance: str = "exact"  # "typical": Medusa's lossy rule for sampled tree requests
+    posterior_threshold: float = 0.09
+    posterior_alpha: float = 0.3
 
     @classmethod
     def from_additional_config(cls, additional_config: Any) -> "NFoxHeadOptions":
@@ -37,7 +41,9 @@ class NFoxHeadOptions:
                 "the NFoxHead proposer was started without a heads directory",
                 'use speculative_config={"model": "nfoxhead:/path/to/heads"}',
             )
-        return cls(heads_dir=opts["heads_dir"], tree=opts.get("tree"))
+        known = {k: opts[k] for k in ("tree", "acceptance", "posterior_threshold", "posterior_alpha")
+                 if k in opts}
+        return cls(heads_dir=opts["heads_dir"], **known)
 
 
 def is_nfoxhead_model(model: Any) -> bool:
@@ -100,6 +106,9 @@ def validate_for_target(args: Any, hidden_size: int, vocab_size: int, base: str)
     Also fills in `num_speculative_tokens` (default: one per head).
     """
     opts = NFoxHeadOptions.from_additional_config(args.additional_config)
+    if opts.acceptance not in ACCEPTANCE_MODES:
+        raise NFoxHeadError(f"unknown acceptance {opts.acceptance!r}",
+                            f"use one of {', '.join(ACCEPTANCE_MODES)} ('exact' is lossless)")
     config = validate_heads_dir(opts.heads_dir)
     check_base_compat(config, hidden_size, vocab_size, base)
     spec = args.speculative_config

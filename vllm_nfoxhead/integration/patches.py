@@ -127,7 +127,7 @@ def patch_model_runner() -> None:
             drafter = getattr(self, "drafter", None)
             if isinstance(drafter, NFoxHeadProposer) and drafter.tree is not None:
                 if not isinstance(self.rejection_sampler, TreeRejectionSampler):
-                    self.rejection_sampler = TreeRejectionSampler(self.rejection_sampler)
+                    self.rejection_sampler = TreeRejectionSampler(self.rejection_sampler, drafter.options)
                 set_current_step(build_step(self, scheduler_output, drafter.tree_of))
             return result
 

@@ -5,7 +5,9 @@ vLLM's own sampler for the whole batch (chains, logprobs, penalties stay
 exactly vLLM's), then re-decides the rows of requests whose drafts branch:
 the core acceptance rules (acceptance.py) walk the tree with the target's
 argmax (greedy) or with samples of its temperature/top-k/top-p distribution
-(exact tree sampling, lossless at any temperature).
+(exact tree sampling, lossless at any temperature). With the opt-in
+`acceptance: "typical"`, sampled tree requests use Medusa's typical acceptance
+instead: faster, NOT lossless.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from typing import Any
 
 import torch
 
-from ..acceptance import Acceptance, accept_greedy, accept_sampling
+from ..acceptance import Acceptance, accept_greedy, accept_sampling, accept_typical
 from ..kv_compaction import compaction_pairs
 from .cpu_tree_attention import layout_for, split_cache
+from .options import NFoxHeadOptions
 from .tree_step import TreeRequest, TreeStep, current_step
 
 _SAMPLING_EPS = 1e-5  # vLLM's threshold below which a temperature means greedy
@@ -38,7 +41,7 @@ def target_probs(logits: torch.Tensor, index: int, sampling_metadata: Any) -> to
 
 
 def verify(req: TreeRequest, drafts: list[int], logits: torch.Tensor, index: int,
-           sampling_metadata: Any) -> Acceptance:
+           sampling_metadata: Any, options: NFoxHeadOptions) -> Acceptance:
     """Run the core acceptance rule on one request (nodes beyond n disabled)."""
     n, total = req.num_nodes, req.buffers.num_nodes
     tokens = torch.full((1, total), -1, dtype=torch.long)
@@ -48,6 +51,9 @@ def verify(req: TreeRequest, drafts: list[int], logits: torch.Tensor, index: int
     probs = target_probs(rows, index, sampling_metadata)
     if probs is None:
         return accept_greedy(req.buffers, tokens, rows[None])
+    if options.acceptance == "typical":  # lossy, opt-in (documented as such)
+        return accept_typical(req.buffers, tokens, probs[None],
+                              threshold=options.posterior_threshold, alpha=options.posterior_alpha)
     generator = sampling_metadata.generators.get(index)
     return accept_sampling(req.buffers, tokens, probs[None], generator=generator)
 
@@ -55,8 +61,9 @@ def verify(req: TreeRequest, drafts: list[int], logits: torch.Tensor, index: int
 class TreeRejectionSampler:
     """Drop-in for vLLM's RejectionSampler (same call), adding tree verification."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, options: NFoxHeadOptions) -> None:
         self.inner = inner
+        self.options = options
 
     def __getattr__(self, name: str) -> Any:  # the runner reads a few attributes
         return getattr(self.inner, name)
@@ -73,7 +80,7 @@ class TreeRejectionSampler:
         cu = metadata.cu_num_draft_tokens.tolist()
         for req in step.requests:
             i, n = req.batch_index, req.num_nodes
-            result = verify(req, drafts[cu[i] - n : cu[i]], rows[i], i, sampling_metadata)
+            result = verify(req, drafts[cu[i] - n : cu[i]], rows[i], i, sampling_metadata, self.options)
             emitted = result.tokens[0]  # accepted tokens, bonus, -1 padding
             req.accepted = result.accepted_nodes[0, : int(result.num_accepted[0])].tolist()
             tokens[i].fill_(-1)
