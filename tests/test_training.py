@@ -1,0 +1,178 @@
+"""Head training on a tiny random Llama (hidden 32): loss, targets, loop, output, cache."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from vllm_nfoxhead import training as T
+from vllm_nfoxhead.format import load_heads_config, validate_heads_dir
+from vllm_nfoxhead.train import main as train_main
+
+VOCAB = 64
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matmuls: a second thread only adds spin-waiting (100x slower on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
+        tie_word_embeddings=True, bos_token_id=0, eos_token_id=1,
+    )
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(str(out))
+    return out
+
+
+def _records(n: int = 40, prompt_len: int = 8, answer_len: int = 32) -> list[dict]:
+    """Answers count upwards (mod VOCAB): token t+k+2 is a function of token t, so learnable."""
+    gen = torch.Generator().manual_seed(1)
+    rows = []
+    for i in range(n):
+        prompt = torch.randint(2, VOCAB, (prompt_len,), generator=gen).tolist()
+        start = int(torch.randint(2, VOCAB, (1,), generator=gen))
+        answer = [2 + (start + j) % (VOCAB - 2) for j in range(answer_len)]
+        rows.append({"id": f"r{i}", "prompt": "p", "response": "r",
+                     "prompt_token_ids": prompt, "response_token_ids": answer})
+    return rows
+
+
+@pytest.fixture()
+def data_file(tmp_path) -> Path:
+    path = tmp_path / "distill.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _records()))
+    return path
+
+
+def test_targets_hand_checked():
+    seqs = T.Sequences(ids=[[10, 11, 12, 13, 14]], answer_start=[3])
+    targets, seq = T.build_targets(seqs, num_heads=2, include_prompt=False)
+    x = T.IGNORE
+    # head 0 at t predicts token t+2 (kept if t+2 >= 3); head 1 predicts t+3.
+    assert targets.tolist() == [[x, 13], [13, 14], [14, x], [x, x], [x, x]]
+    assert seq.tolist() == [0] * 5
+    with_prompt, _ = T.build_targets(seqs, num_heads=2, include_prompt=True)
+    assert with_prompt[:, 0].tolist() == [12, 13, 14, x, x]
+
+
+def test_loss_hand_checked():
+    """Two heads, two positions, vocabulary 3; one target ignored."""
+    logits = torch.tensor([[[1.0, 2.0, 0.0], [0.0, 0.0, 0.0]],
+                           [[3.0, 0.0, 1.0], [0.5, 0.5, 2.0]]])  # [K=2, B=2, V=3]
+    targets = torch.tensor([[1, T.IGNORE], [0, 2]])  # [B, K]
+    lse = lambda xs: math.log(sum(math.exp(v) for v in xs))  # noqa: E731
+    head0 = ((lse([1, 2, 0]) - 2.0) + (lse([0, 0, 0]) - 0.0)) / 2
+    head1 = (lse([0.5, 0.5, 2]) - 2.0) / 1
+    per_head = T.head_losses(logits, targets)
+    assert per_head.tolist() == pytest.approx([head0, head1], rel=1e-6)
+    assert T.weighted_loss(per_head, 0.5).item() == pytest.approx(head0 + 0.5 * head1, rel=1e-6)
+
+
+def test_training_loss_matches_independent_computation():
+    """head_losses on the heads' output == a per-position log-softmax loop."""
+    torch.manual_seed(3)
+    cfg = T.TrainConfig(num_heads=3, shared_lm_head=True)
+    lm_head = torch.randn(VOCAB, 32)
+    heads = T.new_heads(cfg, 32, lm_head, "tiny")
+    for p in heads.parameters():
+        p.data.normal_(0, 0.1)
+    hidden = torch.randn(5, 32)
+    targets = torch.randint(0, VOCAB, (5, 3))
+    targets[0, 2] = T.IGNORE
+    got = T.weighted_loss(T.head_losses(heads(hidden, lm_head), targets), cfg.decay)
+    expected = 0.0
+    for k, head in enumerate(heads.residual.heads):
+        terms = []
+        for t in range(5):
+            if targets[t, k] == T.IGNORE:
+                continue
+            block = head[0].linear
+            r = hidden[t] + torch.nn.functional.silu(block.weight @ hidden[t] + block.bias)
+            terms.append(-torch.log_softmax(lm_head @ r, -1)[targets[t, k]])
+        expected += cfg.decay**k * torch.stack(terms).mean()
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_own_lm_head_starts_from_base():
+    lm_head = torch.randn(VOCAB, 32)
+    heads = T.new_heads(T.TrainConfig(num_heads=2, shared_lm_head=False), 32, lm_head, "tiny")
+    assert all(torch.equal(p.weight, lm_head) for p in heads.lm_heads)
+    assert heads.config.dtype == "float32"
+
+
+def test_loop_reduces_loss(tiny_model):
+    model = T.load_base(tiny_model, torch.device("cpu"), "float32")
+    seqs = T.Sequences([r["prompt_token_ids"] + r["response_token_ids"] for r in _records()], [8] * 40)
+    hidden = T.hidden_states(model, seqs)
+    targets, seq = T.build_targets(seqs, 2, include_prompt=False)
+    cfg = T.TrainConfig(num_heads=2, epochs=20, batch_size=64, lr=1e-2, seed=0, amp=False)
+    result = T.train_heads(cfg, T.Dataset(hidden, targets, seq), T.lm_head_weight(model), progress=False)
+    first, last = sum(result.losses[:5]) / 5, sum(result.losses[-5:]) / 5
+    assert last < 0.7 * first
+    assert len(result.metrics["topk_accuracy"]) == 2 and len(result.metrics["topk_accuracy"][0]) == 10
+    assert result.metrics["top1"][0] > 1 / VOCAB * 3  # well above chance
+
+
+def _cli(tiny_model: Path, data: Path, out: Path, cache: Path, *extra: str) -> list[str]:
+    return ["--model", str(tiny_model), "--data", str(data), "--output", str(out),
+            "--cache-dir", str(cache), "--num-heads", "3", "--epochs", "3", "--batch-size", "128",
+            "--base-dtype", "float32", "--quiet", *extra]
+
+
+def test_cli_writes_valid_heads_and_reuses_cache(tiny_model, data_file, tmp_path, monkeypatch, capsys):
+    out, cache = tmp_path / "heads", tmp_path / "cache"
+    assert train_main(_cli(tiny_model, data_file, out, cache)) == 0
+    config = validate_heads_dir(out)
+    assert (config.num_heads, config.hidden_size, config.vocab_size) == (3, 32, VOCAB)
+    assert config.shared_lm_head and config.dtype == "bfloat16"
+    acc = config.extra["topk_accuracy"]
+    assert len(acc) == 3 and all(len(row) == 10 and row == sorted(row) for row in acc)
+    assert config.extra["training"]["num_heads"] == 3
+    assert len(list(cache.glob("*.safetensors"))) == 1
+
+    def boom(*args, **kwargs):
+        raise AssertionError("hidden states recomputed despite the cache")
+
+    monkeypatch.setattr(T, "hidden_states", boom)
+    assert train_main(_cli(tiny_model, data_file, out, cache, "--force", "--own-lm-head", "--no-amp")) == 0
+    assert "read from" in capsys.readouterr().out
+    own = load_heads_config(out)
+    assert not own.shared_lm_head and own.dtype == "float32"
+
+
+def test_cli_refuses_existing_output(tiny_model, data_file, tmp_path):
+    out = tmp_path / "heads"
+    out.mkdir()
+    with pytest.raises(SystemExit, match="already exists.*--force"):
+        train_main(_cli(tiny_model, data_file, out, tmp_path / "c"))
+
+
+def test_cli_bad_data(tiny_model, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(_records(1)[0]) + "\n{oops\n")
+    with pytest.raises(SystemExit, match=r"bad.jsonl line 2 is not valid JSON"):
+        train_main(_cli(tiny_model, bad, tmp_path / "h", tmp_path / "c"))
+    bad.write_text(json.dumps({"id": "x", "prompt_token_ids": [1, 2]}) + "\n")
+    with pytest.raises(SystemExit, match="line 1 lacks integer lists"):
+        train_main(_cli(tiny_model, bad, tmp_path / "h", tmp_path / "c"))
+    rec = _records(1)[0] | {"response_token_ids": [5, VOCAB + 7]}
+    bad.write_text(json.dumps(rec) + "\n")
+    with pytest.raises(SystemExit, match=f"token id {VOCAB + 7} but .* has only {VOCAB} tokens"):
+        train_main(_cli(tiny_model, bad, tmp_path / "h", tmp_path / "c"))
+    assert not (tmp_path / "h").exists()

@@ -1,0 +1,146 @@
+"""CLI: train NFoxHead heads on self-distilled answers.
+
+    python -m vllm_nfoxhead.train --model DIR --data distill.jsonl --output HEADS_DIR \
+        [--num-heads 4] [--num-layers 1] [--shared-lm-head | --own-lm-head] [--epochs 1] \
+        [--lr 1e-3] [--decay 0.8] [--batch-size 512] [--max-len 1024] [--device auto] [--seed 0]
+
+Steps: read the data, get the base model's hidden states (computed once, cached
+under --cache-dir), train (training.train_heads), evaluate on a held-out 5% of
+the sequences, write the heads directory with the metrics in config.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from .errors import NFoxHeadError
+from .format import check_base_compat, validate_heads_dir
+from .smollm2 import CACHE_ENV
+from .training import (
+    Dataset, TrainConfig, build_targets, cache_key, cached_hidden_states,
+    data_summary, lm_head_weight, load_base, metrics_json, pick_device, read_sequences,
+    save_trained, seed_everything, train_heads,
+)
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "vllm-nfoxhead"
+    return Path(root).expanduser() / "hidden-states"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="python -m vllm_nfoxhead.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="base model directory (transformers checkpoint)")
+    p.add_argument("--data", required=True, help="JSONL from `python -m vllm_nfoxhead.datagen`")
+    p.add_argument("--output", required=True, help="heads directory to write")
+    p.add_argument("--force", action="store_true", help="replace --output if it exists")
+    p.add_argument("--num-heads", type=int, default=d.num_heads)
+    p.add_argument("--num-layers", type=int, default=d.num_layers, help="residual blocks per head")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--shared-lm-head", dest="shared_lm_head", action="store_true", default=True,
+                   help="heads reuse the base LM head (default; small, fast on CPU)")
+    g.add_argument("--own-lm-head", dest="shared_lm_head", action="store_false",
+                   help="each head gets its own vocabulary projection, initialised from the base LM head")
+    p.add_argument("--epochs", type=float, default=d.epochs, help="passes over the answer positions (may be fractional)")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--decay", type=float, default=d.decay, help="loss weight of head k is decay^k")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="positions per optimiser step")
+    p.add_argument("--max-len", type=int, default=d.max_len, help="tokens per sequence (prompt + answer)")
+    p.add_argument("--warmup", type=float, default=d.warmup, help="share of steps for linear warm-up")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--include-prompt", action="store_true", help="also train on targets inside the prompt")
+    p.add_argument("--eval-fraction", type=float, default=d.eval_fraction, help="held-out share of sequences")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
+    p.add_argument("--base-dtype", choices=("bfloat16", "float32"), default=d.base_dtype,
+                   help="dtype of the frozen base model when computing hidden states (default bfloat16, "
+                   "what vLLM serves the checkpoint in; float32 is about 2x slower on CPU)")
+    p.add_argument("--no-amp", dest="amp", action="store_false",
+                   help="run the head matmuls in float32 instead of bf16 autocast")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--cache-dir", default=None, help=f"hidden-state cache (default $ {CACHE_ENV}/hidden-states or ~/.cache/vllm-nfoxhead/hidden-states)".replace("$ ", "$"))
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice; 1 is faster on a busy machine)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    for name in ("num_heads", "num_layers", "batch_size", "max_len"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not args.epochs > 0 or not 0 <= args.eval_fraction < 1:
+        p.error("--epochs must be > 0 and --eval-fraction in [0, 1)")
+    return args
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+
+
+def run(args: argparse.Namespace) -> Path:
+    """The whole recipe; returns the heads directory."""
+    from tqdm import tqdm
+
+    out = Path(args.output)
+    if out.exists() and not args.force:
+        raise NFoxHeadError(f"{out} already exists", "choose another --output or pass --force")
+    cfg = config_from_args(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.device)
+    seqs = read_sequences(args.data, cfg.max_len)
+    info = data_summary(seqs)
+    say(f"{info['sequences']} sequences, {info['tokens']} tokens ({info['answer_tokens']} in answers); device {device}")
+    key = cache_key(args.data, args.model, cfg.max_len, cfg.base_dtype)
+    cache = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    model = load_base(args.model, device, cfg.base_dtype)
+    lm_head = lm_head_weight(model).detach()  # [V, H]
+    check_data_fits(seqs, lm_head.shape[0], args.model)
+    t0, c0 = time.monotonic(), time.process_time()
+    with tqdm(total=info["tokens"], desc="hidden states", unit="tok", disable=args.quiet) as bar:
+        hidden, cached = cached_hidden_states(lambda: model, seqs, cache / f"{key}.safetensors", bar.update)
+    say(f"hidden states {'read from' if cached else 'computed in'} {time.monotonic() - t0:.0f} s "
+        f"(CPU {time.process_time() - c0:.0f} s; {cache / key}.safetensors)")
+    targets, seq = build_targets(seqs, cfg.num_heads, cfg.include_prompt)
+    t0, c0 = time.monotonic(), time.process_time()
+    result = train_heads(cfg, Dataset(hidden, targets, seq), lm_head, base_model=str(args.model),
+                         device=device, progress=not args.quiet)
+    result.metrics["train_seconds"] = round(time.monotonic() - t0, 1)
+    say(f"trained {result.metrics['steps']} steps in {result.metrics['train_seconds']:.0f} s "
+        f"(CPU {time.process_time() - c0:.0f} s); eval {metrics_json(result.metrics)}")
+    path = save_trained(out, result, cfg, overwrite=args.force)
+    check_base_compat(validate_heads_dir(path), model.config.hidden_size, lm_head.shape[0], str(args.model))
+    say(f"wrote {path}")
+    return path
+
+
+def check_data_fits(seqs, vocab_size: int, model_dir: str) -> None:
+    """Token ids beyond the model's vocabulary mean the data came from another model."""
+    top = max(max(x) for x in seqs.ids)
+    if top >= vocab_size:
+        raise NFoxHeadError(
+            f"{seqs.source} holds token id {top} but {model_dir} has only {vocab_size} tokens",
+            "generate the data with the same --model you train for",
+        )
+
+
+def say(message: str) -> None:
+    print(f"[train] {message}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except NFoxHeadError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

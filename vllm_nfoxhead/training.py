@@ -1,0 +1,414 @@
+"""Head training on self-distilled answers (core; no vLLM import).
+
+The base model is frozen, and head k only reads the final post-norm hidden state
+h_t, so training needs each h_t once: `hidden_states` runs the base model over
+every training sequence a single time and caches the result on disk (keyed by a
+hash of data, model and max length). Training then works on positions, not
+sequences: a step draws a batch of positions t from all sequences and computes
+
+    loss = sum_k decay^k * CE(head_k(h_t), token[t+k+2])
+
+over positions whose target lies in the answer (or anywhere with
+`include_prompt`), averaged per head over valid targets. Shapes: hidden [N, H]
+(all tokens of all sequences, concatenated), targets [N, K] (-100 = no target).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import NFoxHeadError
+from .format import HeadsConfig, save_heads
+from .heads import NFoxHeads
+
+IGNORE = -100
+TOPK = 10  # accuracies stored for ranks 0..TOPK-1 (what a tree builder reads)
+CACHE_VERSION = 1
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides the trained heads (all CLI flags of `train`)."""
+
+    num_heads: int = 4
+    num_layers: int = 1
+    shared_lm_head: bool = True
+    epochs: float = 1.0
+    lr: float = 1e-3
+    decay: float = 0.8
+    batch_size: int = 512  # positions per optimiser step
+    max_len: int = 1024  # tokens per sequence (prompt + answer), longer ones are cut
+    warmup: float = 0.05  # share of steps with linear warm-up
+    weight_decay: float = 0.0
+    include_prompt: bool = False
+    eval_fraction: float = 0.05
+    seed: int = 0
+    device: str = "auto"
+    base_dtype: str = "bfloat16"  # the served model computes in bf16 too; 2x faster than fp32 on CPU
+    amp: bool = True  # bf16 autocast for the head matmuls (master weights stay float32)
+
+
+@dataclass
+class Sequences:
+    """Training sequences: token ids and where each answer starts."""
+
+    ids: list[list[int]]
+    answer_start: list[int]
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class Dataset:
+    """Flattened positions. hidden [N, H] (cache dtype), targets [N, K] int64, seq [N] int64."""
+
+    hidden: torch.Tensor
+    targets: torch.Tensor
+    seq: torch.Tensor
+
+    def split(self, eval_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row indices (train, eval) of positions that have a target; split by sequence."""
+        n_seq = int(self.seq.max()) + 1 if len(self.seq) else 0
+        order = torch.randperm(n_seq, generator=torch.Generator().manual_seed(seed))
+        n_eval = max(1, round(n_seq * eval_fraction)) if n_seq > 1 and eval_fraction > 0 else 0
+        is_eval = torch.zeros(n_seq, dtype=torch.bool)
+        is_eval[order[:n_eval]] = True
+        useful = (self.targets != IGNORE).any(dim=1)
+        rows = torch.arange(len(self.seq))
+        return rows[useful & ~is_eval[self.seq]], rows[useful & is_eval[self.seq]]
+
+
+@dataclass
+class TrainResult:
+    heads: NFoxHeads
+    losses: list[float]
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------
+def read_sequences(path: str | os.PathLike[str], max_len: int) -> Sequences:
+    """Records of `datagen` (prompt_token_ids + response_token_ids), cut to `max_len`."""
+    from .datagen import _parse_line
+
+    path = Path(path)
+    if not path.is_file():
+        raise NFoxHeadError(f"data file {path} does not exist", "run `python -m vllm_nfoxhead.datagen` first")
+    ids, starts = [], []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        row = _parse_line(line, path, lineno)
+        prompt, answer = row.get("prompt_token_ids"), row.get("response_token_ids")
+        if not _is_id_list(prompt) or not _is_id_list(answer) or not prompt:
+            raise NFoxHeadError(
+                f"{path} line {lineno} lacks integer lists prompt_token_ids/response_token_ids",
+                "use a file written by `python -m vllm_nfoxhead.datagen`",
+            )
+        ids.append((prompt + answer)[:max_len])
+        starts.append(len(prompt))
+    if not ids:
+        raise NFoxHeadError(f"data file {path} holds no records", "generate data with `python -m vllm_nfoxhead.datagen`")
+    return Sequences(ids, starts, source=str(path))
+
+
+def _is_id_list(x: object) -> bool:
+    return isinstance(x, list) and all(isinstance(t, int) and t >= 0 for t in x)
+
+
+def build_targets(seqs: Sequences, num_heads: int, include_prompt: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """targets [N, K]: token t+k+2 of the same sequence, or IGNORE; seq [N]: sequence index."""
+    rows, seq_index = [], []
+    for s, (ids, start) in enumerate(zip(seqs.ids, seqs.answer_start)):
+        tok = torch.tensor(ids, dtype=torch.long)
+        t = torch.arange(len(ids))
+        tgt = torch.full((len(ids), num_heads), IGNORE, dtype=torch.long)
+        for k in range(num_heads):
+            pos = t + k + 2  # the token head k predicts from position t
+            ok = (pos < len(ids)) & ((pos >= start) | include_prompt)
+            tgt[ok, k] = tok[pos[ok]]
+        rows.append(tgt)
+        seq_index.append(torch.full((len(ids),), s, dtype=torch.long))
+    return torch.cat(rows), torch.cat(seq_index)
+
+
+def cache_key(data_file: str | os.PathLike[str], model_dir: str | os.PathLike[str], max_len: int, dtype: str) -> str:
+    """Hash of what the hidden states depend on: data bytes, model config and weights, length, dtype."""
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{max_len}|{dtype}".encode())
+    h.update(Path(data_file).read_bytes())
+    model_dir = Path(model_dir)
+    for f in sorted(model_dir.iterdir()):
+        if f.name == "config.json":
+            h.update(f.read_bytes())
+        elif f.suffix in (".safetensors", ".bin"):
+            st = f.stat()
+            h.update(f"{f.name}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:20]
+
+
+# --------------------------------------------------------------------------
+# Base model and hidden states
+# --------------------------------------------------------------------------
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise NFoxHeadError("--device cuda but no CUDA device is available", "use --device cpu or auto")
+    return torch.device(device)
+
+
+def load_base(model_dir: str | os.PathLike[str], device: torch.device, dtype: str = "bfloat16") -> nn.Module:
+    """The frozen base model (transformers), in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    if not (Path(model_dir) / "config.json").is_file():
+        raise NFoxHeadError(f"{model_dir} is not a model directory (no config.json)", "pass --model DIR of a transformers checkpoint")
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=getattr(torch, dtype))
+    return model.to(device).eval().requires_grad_(False)
+
+
+def lm_head_weight(model: nn.Module) -> torch.Tensor:
+    """The base vocabulary projection [V, H] (tied to the embeddings in SmolLM2)."""
+    return model.get_output_embeddings().weight
+
+
+@torch.inference_mode()
+def hidden_states(
+    model: nn.Module, seqs: Sequences, batch_tokens: int = 4096, progress: Callable | None = None
+) -> torch.Tensor:
+    """Final post-norm hidden states of every token: [N, H] bfloat16 on CPU, sequences concatenated.
+
+    Sequences are run length-sorted in batches of about `batch_tokens` tokens
+    (right padding, attention mask), so little compute goes to padding.
+    """
+    device = next(model.parameters()).device
+    decoder = model.get_decoder()  # returns post-norm states as last_hidden_state
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs.ids[i]))
+    out: list[torch.Tensor | None] = [None] * len(seqs)
+    for batch in _token_batches(order, seqs, batch_tokens):
+        width = max(len(seqs.ids[i]) for i in batch)
+        ids = torch.zeros(len(batch), width, dtype=torch.long)
+        mask = torch.zeros(len(batch), width, dtype=torch.long)
+        for r, i in enumerate(batch):
+            ids[r, : len(seqs.ids[i])] = torch.tensor(seqs.ids[i])
+            mask[r, : len(seqs.ids[i])] = 1
+        states = decoder(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+        for r, i in enumerate(batch):
+            out[i] = states[r, : len(seqs.ids[i])].to("cpu", torch.bfloat16)
+        if progress:
+            progress(sum(len(seqs.ids[i]) for i in batch))
+    return torch.cat(out)  # type: ignore[arg-type]
+
+
+def _token_batches(order: Sequence[int], seqs: Sequences, batch_tokens: int) -> list[list[int]]:
+    batches, cur, width = [], [], 0
+    for i in order:
+        w = max(width, len(seqs.ids[i]))
+        if cur and w * (len(cur) + 1) > batch_tokens:
+            batches.append(cur)
+            cur, w = [], len(seqs.ids[i])
+        cur.append(i)
+        width = w
+    return batches + ([cur] if cur else [])
+
+
+def cached_hidden_states(
+    model_loader: Callable[[], nn.Module], seqs: Sequences, cache_file: Path,
+    progress: Callable | None = None,
+) -> tuple[torch.Tensor, bool]:
+    """Hidden states [N, H] from `cache_file`, or computed once and written there (bf16).
+
+    Returns (hidden, was_cached). Stored in bfloat16: half the disk and memory,
+    and well inside what head training can resolve.
+    """
+    n = sum(len(x) for x in seqs.ids)
+    if cache_file.is_file():
+        hidden = load_file(str(cache_file))["hidden"]
+        if hidden.shape[0] == n:
+            return hidden, True
+    hidden = hidden_states(model_loader(), seqs, progress=progress).to(torch.bfloat16)
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_suffix(".tmp")
+    save_file({"hidden": hidden.contiguous()}, str(tmp))
+    os.replace(tmp, cache_file)
+    return hidden, False
+
+
+# --------------------------------------------------------------------------
+# Loss, schedule, metrics
+# --------------------------------------------------------------------------
+def head_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """logits [K, B, V], targets [B, K] -> per-head mean CE [K] (0 for a head with no target)."""
+    k, b, v = logits.shape
+    ce = nn.functional.cross_entropy(
+        logits.float().reshape(k * b, v), targets.T.reshape(k * b), ignore_index=IGNORE, reduction="none"
+    ).view(k, b)
+    valid = (targets.T != IGNORE).float()
+    return (ce * valid).sum(1) / valid.sum(1).clamp(min=1)
+
+
+def weighted_loss(per_head: torch.Tensor, decay: float) -> torch.Tensor:
+    """sum_k decay^k * loss_k."""
+    weights = decay ** torch.arange(len(per_head), dtype=per_head.dtype, device=per_head.device)
+    return (weights * per_head).sum()
+
+
+def cosine_lr(step: int, total: int, warmup: int) -> float:
+    """Multiplier: linear warm-up over `warmup` steps, then cosine to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def topk_hits(logits: torch.Tensor, targets: torch.Tensor, k: int = TOPK) -> tuple[torch.Tensor, torch.Tensor]:
+    """hits [K, k]: targets at rank exactly r per head; counts [K]: valid targets per head."""
+    ranks = logits.topk(k, dim=-1).indices  # [K, B, k]
+    tgt = targets.T.unsqueeze(-1)  # [K, B, 1]
+    valid = tgt.squeeze(-1) != IGNORE
+    hit = (ranks == tgt) & valid.unsqueeze(-1)
+    return hit.sum(1).double(), valid.sum(1).double()
+
+
+def _forward(heads: NFoxHeads, hidden: torch.Tensor, lm_head: torch.Tensor | None) -> torch.Tensor:
+    return heads(hidden, None if heads.lm_heads is not None else lm_head)
+
+
+@torch.no_grad()
+def evaluate(
+    heads: NFoxHeads, data: Dataset, rows: torch.Tensor, lm_head: torch.Tensor, batch_size: int,
+    device: torch.device, amp: bool = False,
+) -> dict[str, Any]:
+    """Per-head top-k accuracy on `rows`: topk_accuracy[k][r] = P(target in top r+1)."""
+    heads.eval()
+    hits = torch.zeros(heads.config.num_heads, TOPK, dtype=torch.float64)
+    counts = torch.zeros(heads.config.num_heads, dtype=torch.float64)
+    loss_sum = torch.zeros(heads.config.num_heads, dtype=torch.float64)
+    for chunk in rows.split(batch_size):
+        h = data.hidden[chunk].to(device, torch.float32)
+        tgt = data.targets[chunk].to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = _forward(heads, h, lm_head)
+        n_hits, n = topk_hits(logits, tgt)
+        hits += n_hits.cpu()
+        counts += n.cpu()
+        loss_sum += (head_losses(logits, tgt).double() * n).cpu()
+    acc = (hits.cumsum(1) / counts.clamp(min=1).unsqueeze(1)).tolist()
+    heads.train()
+    return {
+        "eval_positions": int(counts[0].item()),
+        "top1": [round(a[0], 4) for a in acc],
+        "top5": [round(a[4], 4) for a in acc],
+        "topk_accuracy": [[round(x, 4) for x in a] for a in acc],
+        "eval_loss": [round(x, 4) for x in (loss_sum / counts.clamp(min=1)).tolist()],
+    }
+
+
+# --------------------------------------------------------------------------
+# Training loop
+# --------------------------------------------------------------------------
+def new_heads(cfg: TrainConfig, hidden_size: int, lm_head: torch.Tensor, base_model: str) -> NFoxHeads:
+    """Fresh heads; own projections start as copies of the base LM head."""
+    dtype = "bfloat16" if cfg.shared_lm_head else "float32"
+    hc = HeadsConfig(
+        num_heads=cfg.num_heads, num_layers=cfg.num_layers, hidden_size=hidden_size,
+        vocab_size=lm_head.shape[0], shared_lm_head=cfg.shared_lm_head, base_model=base_model, dtype=dtype,
+    )
+    heads = NFoxHeads(hc)
+    if heads.lm_heads is not None:
+        for proj in heads.lm_heads:
+            proj.weight.data.copy_(lm_head.float())
+    return heads
+
+
+def train_heads(
+    cfg: TrainConfig, data: Dataset, lm_head: torch.Tensor, base_model: str = "",
+    device: torch.device | None = None, progress: bool = True,
+) -> TrainResult:
+    """AdamW + warm-up/cosine over shuffled positions; returns heads (float32) and metrics."""
+    from tqdm import tqdm
+
+    device = device or torch.device("cpu")
+    torch.manual_seed(cfg.seed)
+    lm_head = lm_head.detach().to(device, torch.float32)
+    heads = new_heads(cfg, data.hidden.shape[1], lm_head, base_model).to(device).train()
+    train_rows, eval_rows = data.split(cfg.eval_fraction, cfg.seed)
+    if len(train_rows) == 0:
+        raise NFoxHeadError("no training positions with a target", "give longer answers or fewer heads")
+    steps = max(1, math.ceil(cfg.epochs * len(train_rows) / cfg.batch_size))
+    opt = torch.optim.AdamW(heads.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warm = max(1, round(cfg.warmup * steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, steps, warm))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    order = _position_stream(train_rows, cfg.batch_size, gen)
+    losses: list[float] = []
+    bar = tqdm(range(steps), desc="train", unit="step", disable=not progress)
+    for _ in bar:
+        rows = next(order)
+        h = data.hidden[rows].to(device, torch.float32)  # [B, H]
+        tgt = data.targets[rows].to(device)  # [B, K]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+            logits = _forward(heads, h, lm_head)  # [K, B, V], bf16 under amp
+        per_head = head_losses(logits, tgt)  # float32
+        loss = weighted_loss(per_head, cfg.decay)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", acc1=_acc1_text(logits, tgt))
+    metrics = {"steps": steps, "train_positions": len(train_rows), "final_train_loss": round(losses[-1], 4)}
+    if len(eval_rows):
+        metrics.update(evaluate(heads, data, eval_rows, lm_head, cfg.batch_size, device, cfg.amp))
+    return TrainResult(heads.cpu(), losses, metrics)
+
+
+def _position_stream(rows: torch.Tensor, batch_size: int, gen: torch.Generator):
+    """Endless batches of row indices, reshuffled every pass."""
+    while True:
+        perm = rows[torch.randperm(len(rows), generator=gen)]
+        for i in range(0, len(perm) - batch_size + 1 if len(perm) >= batch_size else 1, batch_size):
+            yield perm[i : i + batch_size]
+
+
+def _acc1_text(logits: torch.Tensor, tgt: torch.Tensor) -> str:
+    with torch.no_grad():
+        hits, n = topk_hits(logits, tgt, 1)
+    return "/".join(f"{h:.2f}" for h in (hits[:, 0] / n.clamp(min=1)).tolist())
+
+
+def save_trained(path: Path, result: TrainResult, cfg: TrainConfig, overwrite: bool) -> Path:
+    """Write the heads with format.save_heads; metrics and settings go to config `extra`."""
+    hc = result.heads.config
+    settings = {k: v for k, v in vars(cfg).items() if k != "device"}
+    hc.extra = {"training": settings, **result.metrics}
+    return save_heads(path, hc, result.heads.state_dict_for_format(), overwrite=overwrite)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def data_summary(seqs: Sequences) -> dict[str, int]:
+    answers = sum(len(x) - s for x, s in zip(seqs.ids, seqs.answer_start))
+    return {"sequences": len(seqs), "tokens": sum(len(x) for x in seqs.ids), "answer_tokens": answers}
+
+
+def metrics_json(metrics: dict[str, Any]) -> str:
+    return json.dumps({k: metrics[k] for k in ("top1", "top5", "eval_loss") if k in metrics})
