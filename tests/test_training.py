@@ -143,6 +143,8 @@ def test_cli_writes_valid_heads_and_reuses_cache(tiny_model, data_file, tmp_path
     assert config.shared_lm_head and config.dtype == "bfloat16"
     acc = config.extra["topk_accuracy"]
     assert len(acc) == 3 and all(len(row) == 10 and row == sorted(row) for row in acc)
+    per_rank = config.extra["rank_accuracy"]
+    assert all(sum(r) == pytest.approx(c[-1], abs=1e-3) for r, c in zip(per_rank, acc))
     assert config.extra["training"]["num_heads"] == 3
     assert len(list(cache.glob("*.safetensors"))) == 1
 

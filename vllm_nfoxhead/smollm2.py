@@ -90,7 +90,7 @@ def _say(message: str, start: float) -> None:
 def _convert(gguf: Path, out: Path, start: float) -> None:
     """De-quantize `gguf` and write a bf16 safetensors checkpoint into `out`."""
     import torch
-    from transformers import AutoTokenizer, GenerationConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaForCausalLM
 
     _say(f"loading {gguf.name} with transformers (de-quantizing)", start)
     gguf_model = LlamaForCausalLM.from_pretrained(

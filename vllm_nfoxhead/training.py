@@ -294,7 +294,12 @@ def evaluate(
     heads: NFoxHeads, data: Dataset, rows: torch.Tensor, lm_head: torch.Tensor, batch_size: int,
     device: torch.device, amp: bool = False,
 ) -> dict[str, Any]:
-    """Per-head top-k accuracy on `rows`: topk_accuracy[k][r] = P(target in top r+1)."""
+    """Per-head accuracies on `rows` for r < TOPK.
+
+    topk_accuracy[k][r] = P(target among head k's top r+1) (cumulative);
+    rank_accuracy[k][r] = P(target is exactly head k's rank-r token) (what
+    `python -m vllm_nfoxhead.tree_builder --accuracies` reads without --cumulative).
+    """
     heads.eval()
     hits = torch.zeros(heads.config.num_heads, TOPK, dtype=torch.float64)
     counts = torch.zeros(heads.config.num_heads, dtype=torch.float64)
@@ -315,6 +320,7 @@ def evaluate(
         "top1": [round(a[0], 4) for a in acc],
         "top5": [round(a[4], 4) for a in acc],
         "topk_accuracy": [[round(x, 4) for x in a] for a in acc],
+        "rank_accuracy": [[round(x, 4) for x in r] for r in (hits / counts.clamp(min=1).unsqueeze(1)).tolist()],
         "eval_loss": [round(x, 4) for x in (loss_sum / counts.clamp(min=1)).tolist()],
     }
 
