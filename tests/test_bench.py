@@ -1,0 +1,35 @@
+"""The benchmark command end to end on the tiny model (real engines, small run)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vllm_nfoxhead.bench.__main__ import main
+from vllm_nfoxhead.tiny_model import SEED_PROMPTS
+
+pytestmark = pytest.mark.engine
+
+
+def test_bench_writes_table_json_and_plot(tmp_path, tiny_assets, capsys):
+    model, heads = tiny_assets
+    out = tmp_path / "bench"
+    prompts = tmp_path / "prompts.jsonl"  # the prompts the tiny heads were fitted to
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in SEED_PROMPTS[:4]))
+    main(["--model", str(model), "--heads", str(heads), "--prompts", str(prompts), "--no-chat",
+          "--num-prompts", "4",
+          "--max-tokens", "16", "--concurrency", "1", "2", "--methods", "plain,nfoxhead",
+          "--trees", "wide_6", "--dtype", "float32", "--kv-cache-gib", "0.1", "--out", str(out)])
+    report = json.loads((out / "bench.json").read_text())
+    got = {(r["method"], r["concurrency"]): r for r in report["results"]}
+    assert set(got) == {(m, c) for m in ("plain", "nfoxhead-chain", "nfoxhead-tree:wide_6") for c in (1, 2)}
+    for (method, _), row in got.items():
+        assert row["outputs_match_plain"], method
+        assert row["tokens_per_s"] > 0 and row["num_tokens"] == 4 * 16
+        if method != "plain":
+            # The heads were fitted to these prompts: speculation must be accepted.
+            assert row["acceptance_length"] > 2.0, row
+            assert len(row["per_position_acceptance"]) >= 4
+    assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
+    assert "nfoxhead-tree:wide_6" in capsys.readouterr().out

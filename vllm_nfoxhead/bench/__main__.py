@@ -1,0 +1,144 @@
+"""python -m vllm_nfoxhead.bench: every method on the same prompts, engine settings and run.
+
+For each method one engine is started and the prompts are generated greedily
+at each concurrency. Reported per (method, concurrency): output tokens/s, the
+speed-up over plain vLLM measured in the same run, vLLM's mean acceptance
+length and per-position acceptance, and whether greedy outputs equal plain
+vLLM's. Writes bench.json and bench.png to --out and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+from ..errors import NFoxHeadError
+from .methods import Method, ngram_method, nfoxhead_methods, vllm_medusa_method
+from .report import plot, rows, table, write_json
+from .runner import run_method
+
+CACHE = Path(os.environ.get("VLLM_NFOXHEAD_CACHE", "~/.cache/vllm-nfoxhead")).expanduser()
+DEFAULT_PROMPTS = Path(__file__).resolve().parents[2] / "data" / "prompts" / "bench.jsonl"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m vllm_nfoxhead.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, help="base model directory (default: the tiny test model)")
+    p.add_argument("--heads", type=Path, help="NFoxHead heads directory for --model")
+    p.add_argument("--prompts", type=Path, help="JSONL with a 'prompt' per line (default: data/prompts/bench.jsonl; "
+                   "for the tiny default model, its own prompts)")
+    p.add_argument("--num-prompts", type=int, default=40, help="first N prompts of the file (default 40)")
+    p.add_argument("--max-tokens", type=int, default=128, help="tokens generated per prompt (default 128)")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16],
+                   help="requests in flight, one measurement each (default 1 4 16)")
+    p.add_argument("--trees", nargs="*", default=["mc_sim_16"],
+                   help="NFoxHead tree presets or JSON trees to include (default mc_sim_16)")
+    p.add_argument("--num-speculative-tokens", type=int, default=None,
+                   help="NFoxHead chain and ngram draft length (default: number of heads)")
+    p.add_argument("--methods", default="plain,ngram,vllm-medusa,nfoxhead",
+                   help="comma list from plain, ngram, vllm-medusa, nfoxhead (plain is always run)")
+    p.add_argument("--dtype", default="bfloat16", help="engine dtype (default bfloat16)")
+    p.add_argument("--kv-cache-gib", type=float, default=1.0, help="KV cache size for the CPU backend")
+    p.add_argument("--max-model-len", type=int, default=1024, help="engine max_model_len (default 1024)")
+    p.add_argument("--no-chat", action="store_true", help="send prompts raw instead of through the chat template")
+    p.add_argument("--out", type=Path, default=Path("bench-results"), help="output directory (default bench-results)")
+    return p.parse_args(argv)
+
+
+def load_prompts(path: Path | None, limit: int) -> list[str]:
+    path = path or DEFAULT_PROMPTS
+    if not path.is_file():
+        raise NFoxHeadError(f"prompt file {path} does not exist", "pass --prompts FILE.jsonl")
+    prompts = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            prompts.append(json.loads(line)["prompt"])
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise NFoxHeadError(f"{path}:{n} is not a JSON object with a 'prompt'", "fix that line") from exc
+    return prompts[:limit]
+
+
+def write_tiny_prompts(out: Path) -> Path:
+    """The tiny model's own prompts as JSONL (its heads mean nothing on other text)."""
+    from ..tiny_model import SEED_PROMPTS
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "tiny-prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in SEED_PROMPTS))
+    return path
+
+
+def tokenize(model: Path, prompts: list[str], chat: bool) -> list[list[int]]:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model))
+    if chat and tok.chat_template:
+        return [list(tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                             tokenize=True, return_dict=False)) for p in prompts]
+    return [tok(p)["input_ids"] for p in prompts]
+
+
+def choose_methods(args: argparse.Namespace, model: Path, heads: Path, workdir: Path) -> list[Method]:
+    wanted = {m.strip() for m in args.methods.split(",") if m.strip()}
+    unknown = wanted - {"plain", "ngram", "vllm-medusa", "nfoxhead"}
+    if unknown:
+        raise NFoxHeadError(f"unknown method(s) {sorted(unknown)}", "use plain, ngram, vllm-medusa, nfoxhead")
+    from ..format import validate_heads_dir
+
+    k = args.num_speculative_tokens or validate_heads_dir(heads).num_heads
+    methods = [Method("plain", None)]
+    if "ngram" in wanted:
+        methods.append(ngram_method(k))
+    if "vllm-medusa" in wanted and (m := vllm_medusa_method(model, heads, workdir)) is not None:
+        methods.append(m)
+    if "nfoxhead" in wanted:
+        methods += nfoxhead_methods(heads, args.trees, args.num_speculative_tokens)
+    return methods
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.model is None:
+        from ..tiny_model import build_tiny_assets
+
+        model, heads = build_tiny_assets(CACHE / "tiny")
+        args.no_chat = True  # its heads were fitted to its own raw prompts
+        if args.prompts is None:
+            args.prompts = write_tiny_prompts(args.out)
+    elif args.heads is None:
+        raise NFoxHeadError("--model given without --heads", "pass the heads trained for that model")
+    else:
+        model, heads = args.model, args.heads
+    from vllm import SamplingParams
+
+    prompts = tokenize(model, load_prompts(args.prompts, args.num_prompts), not args.no_chat)
+    args.out.mkdir(parents=True, exist_ok=True)
+    engine = dict(model=str(model), dtype=args.dtype, seed=0, max_model_len=args.max_model_len,
+                  kv_cache_memory_bytes=int(args.kv_cache_gib * 2**30), disable_log_stats=False)
+    params = SamplingParams(temperature=0, max_tokens=args.max_tokens, ignore_eos=True)
+    with tempfile.TemporaryDirectory() as workdir:
+        methods = choose_methods(args, model, heads, Path(workdir))
+        results = []
+        for method in methods:
+            results += run_method(method, engine, prompts, params, sorted(args.concurrency))
+    report = rows(results, methods)
+    settings = {"model": str(model), "heads": str(heads), "num_prompts": len(prompts),
+                "max_tokens": args.max_tokens, "dtype": args.dtype, "concurrency": args.concurrency,
+                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+                "methods": {m.name: m.speculative_config for m in methods}}
+    write_json(args.out / "bench.json", report, settings)
+    plot(args.out / "bench.png", report,
+         f"{model.parent.name}/{model.name}: {len(prompts)} prompts, {args.max_tokens} tokens, greedy, {args.dtype}")
+    print(table(report))
+    print(f"\nwrote {args.out / 'bench.json'} and {args.out / 'bench.png'}")
+
+
+if __name__ == "__main__":
+    main()

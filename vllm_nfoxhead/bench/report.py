@@ -1,0 +1,71 @@
+"""Benchmark output: a terminal table, a JSON file and a PNG plot of the speed-ups."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .methods import Method
+from .runner import RunResult
+
+
+def rows(results: list[RunResult], methods: list[Method]) -> list[dict[str, Any]]:
+    """One row per (method, concurrency), with speed-up and output check against plain."""
+    plain = {r.concurrency: r for r in results if r.method == "plain"}
+    lossless = {m.name: m.lossless for m in methods}
+    out = []
+    for r in results:
+        base = plain[r.concurrency]
+        out.append({
+            "method": r.method, "concurrency": r.concurrency,
+            "tokens_per_s": round(r.num_tokens / r.seconds, 2),
+            "speedup": round((r.num_tokens / r.seconds) / (base.num_tokens / base.seconds), 3),
+            "acceptance_length": None if r.acceptance_length is None else round(r.acceptance_length, 3),
+            "per_position_acceptance": r.per_position_acceptance,
+            "outputs_match_plain": r.outputs == base.outputs,
+            "claims_lossless": lossless.get(r.method, True),
+            "num_tokens": r.num_tokens, "seconds": round(r.seconds, 3),
+        })
+    return out
+
+
+def table(report_rows: list[dict[str, Any]]) -> str:
+    head = f"{'method':<26}{'conc':>5}{'tok/s':>10}{'speed-up':>10}{'accept len':>12}  {'= plain':<8}per-position acceptance"
+    lines = [head, "-" * len(head)]
+    for r in report_rows:
+        acc = "-" if r["acceptance_length"] is None else f"{r['acceptance_length']:.2f}"
+        pos = " ".join(f"{x:.2f}" for x in r["per_position_acceptance"][:8])
+        lines.append(f"{r['method']:<26}{r['concurrency']:>5}{r['tokens_per_s']:>10.1f}"
+                     f"{r['speedup']:>9.2f}x{acc:>12}  {str(r['outputs_match_plain']):<8}{pos}")
+    return "\n".join(lines)
+
+
+def write_json(path: Path, report_rows: list[dict[str, Any]], settings: dict[str, Any]) -> None:
+    path.write_text(json.dumps({"settings": settings, "results": report_rows}, indent=2) + "\n")
+
+
+def plot(path: Path, report_rows: list[dict[str, Any]], title: str) -> None:
+    """Grouped bars: speed-up over plain vLLM per method, one group per concurrency."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(dict.fromkeys(r["method"] for r in report_rows if r["method"] != "plain"))
+    concs = sorted({r["concurrency"] for r in report_rows})
+    by = {(r["method"], r["concurrency"]): r["speedup"] for r in report_rows}
+    width = 0.8 / max(len(methods), 1)
+    fig, ax = plt.subplots(figsize=(2 + 1.6 * len(concs) + 0.3 * len(methods), 4.5))
+    for i, m in enumerate(methods):
+        xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(concs))]
+        bars = ax.bar(xs, [by.get((m, c), 0) for c in concs], width, label=m)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+    ax.set_xticks(range(len(concs)), [f"concurrency {c}" for c in concs])
+    ax.set_ylabel("speed-up over plain vLLM (tokens/s ratio)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
