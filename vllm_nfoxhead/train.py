@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", required=True, help="JSONL from `python -m vllm_nfoxhead.datagen`")
     p.add_argument("--output", required=True, help="heads directory to write")
     p.add_argument("--force", action="store_true", help="replace --output if it exists")
-    p.add_argument("--num-heads", type=int, default=d.num_heads)
+    p.add_argument("--num-heads", type=int, default=d.num_heads, help="heads to train; head k predicts token t+k+2 (default %(default)s)")
     p.add_argument("--num-layers", type=int, default=d.num_layers, help="residual blocks per head")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--shared-lm-head", dest="shared_lm_head", action="store_true", default=True,
@@ -49,21 +49,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--own-lm-head", dest="shared_lm_head", action="store_false",
                    help="each head gets its own vocabulary projection, initialised from the base LM head")
     p.add_argument("--epochs", type=float, default=d.epochs, help="passes over the answer positions (may be fractional)")
-    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate (default %(default)s)")
     p.add_argument("--decay", type=float, default=d.decay, help="loss weight of head k is decay^k")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="positions per optimiser step")
     p.add_argument("--max-len", type=int, default=d.max_len, help="tokens per sequence (prompt + answer)")
     p.add_argument("--warmup", type=float, default=d.warmup, help="share of steps for linear warm-up")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay (default %(default)s)")
     p.add_argument("--include-prompt", action="store_true", help="also train on targets inside the prompt")
     p.add_argument("--eval-fraction", type=float, default=d.eval_fraction, help="held-out share of sequences")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device, help="auto: CUDA when available (default %(default)s)")
     p.add_argument("--base-dtype", choices=("bfloat16", "float32"), default=d.base_dtype,
                    help="dtype of the frozen base model when computing hidden states (default bfloat16, "
                    "what vLLM serves the checkpoint in; float32 is about 2x slower on CPU)")
     p.add_argument("--no-amp", dest="amp", action="store_false",
                    help="run the head matmuls in float32 instead of bf16 autocast")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="seed for initialisation, shuffling and the held-out split (default %(default)s)")
     p.add_argument("--cache-dir", default=None, help=f"hidden-state cache (default $ {CACHE_ENV}/hidden-states or ~/.cache/vllm-nfoxhead/hidden-states)".replace("$ ", "$"))
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice; 1 is faster on a busy machine)")
