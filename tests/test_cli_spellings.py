@@ -35,3 +35,17 @@ def test_other_methods_untouched(tiny_assets):
     spec = spec_from_cli(tiny_assets[0], "--speculative-config",
                          json.dumps({"method": "ngram", "num_speculative_tokens": 2}))
     assert spec.method == "ngram"
+
+
+def test_unsupported_vllm_version_fails_loudly(tiny_assets, monkeypatch):
+    """On a vLLM the patches were not written for, asking for NFoxHead stops at start-up."""
+    import vllm
+    from vllm.engine.arg_utils import EngineArgs
+
+    from vllm_nfoxhead.errors import NFoxHeadError
+
+    monkeypatch.setattr(vllm, "__version__", "0.31.2")
+    args = EngineArgs(model=str(tiny_assets[0]), dtype="float32", max_model_len=512,
+                      speculative_config={"model": f"nfoxhead:{tiny_assets[1]}"})
+    with pytest.raises(NFoxHeadError, match=r"vLLM 0\.31\.2 is not supported \(supported: 0\.32\.x, 0\.33\.x\)"):
+        args.create_engine_config()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 from vllm import SamplingParams
 
+from conftest import make_llm
 from vllm_nfoxhead.tiny_model import SEED_PROMPTS
 
 pytestmark = pytest.mark.engine
@@ -77,6 +78,34 @@ def test_stop_token_inside_accepted_drafts(plain_llm, nfox_llm):
     for out, (pos, tok) in zip(got, picks):
         assert out.outputs[0].finish_reason == "stop" and out.outputs[0].stop_reason == tok
         assert len(out.outputs[0].token_ids) == pos + 1
+
+
+def test_model_eos_inside_accepted_drafts(plain_llm, tiny_assets, tmp_path):
+    """A real EOS: a copy of the model whose generation config names a token that
+    appears mid-output as its EOS; both engines must stop there, identically."""
+    import json
+    import shutil
+
+    free = plain_llm.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=40, ignore_eos=True),
+                              use_tqdm=False)
+    pos, eos = pick_stop_tokens(free)[0]
+    model = tmp_path / "model-eos"
+    shutil.copytree(tiny_assets[0], model)
+    gen = json.loads((model / "generation_config.json").read_text())
+    gen["eos_token_id"] = [gen.get("eos_token_id", 1), eos]
+    (model / "generation_config.json").write_text(json.dumps(gen))
+    params = SamplingParams(temperature=0, max_tokens=40)
+    outs = {}
+    for name, heads in (("plain", None), ("nfox", tiny_assets[1])):
+        llm = make_llm(model, heads)
+        try:
+            outs[name] = llm.generate(PROMPTS, params, use_tqdm=False)
+        finally:
+            llm.llm_engine.engine_core.shutdown()
+    assert token_ids(outs["nfox"]) == token_ids(outs["plain"])
+    first = outs["nfox"][0].outputs[0]
+    assert first.finish_reason == "stop" and len(first.token_ids) == pos + 1
+    assert sum(o.outputs[0].finish_reason == "stop" for o in outs["nfox"]) >= 1
 
 
 def test_stop_string_inside_accepted_drafts(plain_llm, nfox_llm):
