@@ -131,3 +131,21 @@ def test_cli_help_explains_flags(capsys):
     text = capsys.readouterr().out
     for flag in ("--accuracies", "--nodes", "--cost-table", "--cumulative", "--max-depth", "--topk"):
         assert flag in text
+
+
+def test_cli_reads_accuracies_from_trained_heads_dir(tmp_path, capsys):
+    """A heads directory written by the trainer carries extra.rank_accuracy."""
+    import json
+
+    from vllm_nfoxhead.tree_builder import main
+
+    heads = tmp_path / "heads"
+    heads.mkdir()
+    acc = [[0.6, 0.2, 0.1], [0.4, 0.2, 0.1]]
+    (heads / "config.json").write_text(json.dumps({"extra": {"rank_accuracy": acc}}))
+    assert main(["--accuracies", str(heads), "--nodes", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "[0]" in out and "[0, 0]" in out.replace("[0,0]", "[0, 0]")
+    (heads / "config.json").write_text(json.dumps({"extra": {}}))
+    assert main(["--accuracies", str(heads), "--nodes", "3"]) != 0
+    assert "no extra.rank_accuracy" in capsys.readouterr().err

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -185,14 +186,28 @@ def _load_json(path: str, what: str) -> object:
                             f"pass a readable JSON file to --{what}") from None
 
 
+def _accuracies(path: str) -> object:
+    """Per-rank accuracies from a JSON file, or from a heads directory trained by
+    `python -m vllm_nfoxhead.train` (its config.json `extra.rank_accuracy`)."""
+    if os.path.isdir(path):
+        extra = _load_json(os.path.join(path, "config.json"), "accuracies").get("extra", {})
+        if "rank_accuracy" not in extra:
+            raise NFoxHeadError(f"{path}/config.json has no extra.rank_accuracy",
+                                "pass heads written by `python -m vllm_nfoxhead.train`, or a JSON file")
+        return extra["rank_accuracy"]
+    acc = _load_json(path, "accuracies")
+    return acc.get("accuracies") if isinstance(acc, dict) else acc
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m vllm_nfoxhead.tree_builder",
         description="Build the NFoxHead tree with the largest expected accepted length from "
                     "per-head top-k accuracies; print it as JSON (medusa_choices notation).")
-    p.add_argument("--accuracies", required=True, metavar="FILE.json",
+    p.add_argument("--accuracies", required=True, metavar="FILE.json|HEADS_DIR",
                    help="JSON list with one list per head: acc[k][r] = probability that head k's "
-                        "rank-r token is correct (or an object with key 'accuracies')")
+                        "rank-r token is correct (or an object with key 'accuracies'), or a heads "
+                        "directory from `python -m vllm_nfoxhead.train` (uses its measured rank_accuracy)")
     p.add_argument("--cumulative", action="store_true",
                    help="the accuracies are cumulative top-1, top-2, ... values (converted to per-rank)")
     size = p.add_mutually_exclusive_group(required=True)
@@ -210,9 +225,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        acc = _load_json(args.accuracies, "accuracies")
-        if isinstance(acc, dict):
-            acc = acc.get("accuracies")
+        acc = _accuracies(args.accuracies)
         if args.cumulative:
             acc = from_cumulative(_checked_shape(acc))
         if args.nodes is not None:
