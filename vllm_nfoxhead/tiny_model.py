@@ -17,6 +17,7 @@ import torch
 from .format import HeadsConfig, save_heads
 from .heads import NFoxHeads
 from .staging import staged_directory
+from .training import IGNORE, head_losses
 
 CORPUS = (
     "the quick brown fox jumps over the lazy dog . a small model writes short text . "
@@ -101,14 +102,11 @@ def fit_heads(sequences, lm_head: torch.Tensor, num_heads: int, steps: int = 300
     if heads.lm_heads is not None:
         for proj in heads.lm_heads:
             proj.weight.data.copy_(lm_head)
+    targets = [shifted_targets(tokens, num_heads) for _, tokens in sequences]  # [T, K] each
     opt = torch.optim.Adam(heads.parameters(), lr=3e-3)
     for _ in range(steps):
-        loss = torch.zeros(())
-        for hidden, tokens in sequences:
-            logits = heads(hidden, lm_head)  # [K, T, V]
-            for k in range(num_heads):
-                shift = k + 2
-                loss = loss + torch.nn.functional.cross_entropy(logits[k, :-shift], tokens[shift:])
+        loss = sum(head_losses(heads(hidden, lm_head), tgt).sum()
+                   for (hidden, _), tgt in zip(sequences, targets))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -128,6 +126,15 @@ def write_fitted_heads(model_dir: Path, out_dir: Path, num_heads: int = 4, steps
     return save_heads(out_dir, heads.config, heads.state_dict_for_format())
 
 
+def shifted_targets(tokens: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """tokens [T] -> targets [T, K]: token t+k+2 for head k, IGNORE past the end."""
+    t = len(tokens)
+    out = torch.full((t, num_heads), IGNORE, dtype=torch.long)
+    for k in range(num_heads):
+        out[: max(t - k - 2, 0), k] = tokens[k + 2 :]
+    return out
+
+
 def build_tiny_assets(root: str | os.PathLike[str], num_heads: int = 4,
                       shared_lm_head: bool = False) -> tuple[Path, Path]:
     """Write `root/model` (checkpoint + tokenizer) and `root/heads`; return both paths.
@@ -136,7 +143,7 @@ def build_tiny_assets(root: str | os.PathLike[str], num_heads: int = 4,
     """
     root = Path(root)
     marker = root / "tiny.json"
-    spec = {"version": 2, "num_heads": num_heads, "shared_lm_head": shared_lm_head}
+    spec = {"version": 3, "num_heads": num_heads, "shared_lm_head": shared_lm_head}
     if marker.is_file() and json.loads(marker.read_text()) == spec:
         return root / "model", root / "heads"
     with staged_directory(root) as tmp:
