@@ -80,7 +80,7 @@ def greedy_hidden_states(model_dir: Path, prompts: list[str], new_tokens: int = 
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
-    model = LlamaForCausalLM.from_pretrained(str(model_dir), torch_dtype=torch.float32).eval()
+    model = LlamaForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
     out = []
     for prompt in prompts:
         ids = torch.tensor([tok(prompt)["input_ids"]])

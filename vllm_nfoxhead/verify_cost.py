@@ -30,7 +30,7 @@ def measure_cost(model_dir: str | Path, sizes: tuple[int, ...] = DEFAULT_SIZES, 
     """{N: median time to score N+1 new tokens after `context` cached ones / time for 1 token}."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), torch_dtype=getattr(torch, dtype)).eval()
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=getattr(torch, dtype)).eval()
     vocab = model.config.vocab_size
     gen = torch.Generator().manual_seed(0)
     prefix = torch.randint(0, vocab, (1, context), generator=gen)
