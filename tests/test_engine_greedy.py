@@ -22,8 +22,12 @@ PROMPTS = SEED_PROMPTS[:10] + [
 
 
 def metric(llm, name: str):
+    """This engine's metric `name`. Prometheus metrics are process-wide and each new
+    engine that logs stats unregisters the previous one's, so tests that start
+    extra engines pass disable_log_stats=True; the label check catches a slip."""
+    model_name = llm.llm_engine.model_config.served_model_name
     for m in llm.get_metrics():
-        if m.name == name:
+        if m.name == name and m.labels.get("model_name", model_name) == model_name:
             return m
     raise KeyError(name)
 
@@ -97,7 +101,7 @@ def test_model_eos_inside_accepted_drafts(plain_llm, tiny_assets, tmp_path):
     params = SamplingParams(temperature=0, max_tokens=40)
     outs = {}
     for name, heads in (("plain", None), ("nfox", tiny_assets[1])):
-        llm = make_llm(model, heads)
+        llm = make_llm(model, heads, disable_log_stats=True)  # keep nfox_llm's metrics
         try:
             outs[name] = llm.generate(PROMPTS, params, use_tqdm=False)
         finally:
