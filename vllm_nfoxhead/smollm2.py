@@ -20,6 +20,7 @@ import argparse
 import importlib.util
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -83,7 +84,8 @@ def is_prepared(path: Path) -> bool:
 
 
 def _say(message: str, start: float) -> None:
-    print(f"[smollm2 {time.monotonic() - start:5.1f}s] {message}", flush=True)
+    # stderr: stdout carries only the directory, for `"$(python -m vllm_nfoxhead.smollm2)"`.
+    print(f"[smollm2 {time.monotonic() - start:5.1f}s] {message}", file=sys.stderr, flush=True)
 
 
 def _convert(gguf: Path, out: Path, start: float) -> None:
@@ -98,7 +100,7 @@ def _convert(gguf: Path, out: Path, start: float) -> None:
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # a GGUF-loaded config refuses to save
-    config.torch_dtype = torch.bfloat16
+    config.dtype = torch.bfloat16
     _say("copying weights into a plain LlamaForCausalLM", start)
     model = LlamaForCausalLM(config)
     model.load_state_dict(gguf_model.state_dict(), strict=True)
