@@ -113,3 +113,23 @@ def test_llm_fails_before_engine_start(tiny_assets, heads_copy):
         LLM(model=str(tiny_assets[0]), dtype="float32", max_model_len=512,
             speculative_config={"model": f"nfoxhead:{heads_copy}"})
     assert time.monotonic() - start < 10  # an engine start takes about 20 s here
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [({"load_policy": "sometimes"}, "unknown load_policy 'sometimes'"),
+     ({"cost_table": "/nonexistent/cost.json"}, "cannot read cost_table /nonexistent/cost.json"),
+     ({"cost_table": {"2": -1}}, "cost table holds a negative size or a non-positive cost")],
+)
+def test_bad_load_policy_options(tiny_assets, extra, message):
+    with pytest.raises(NFoxHeadError, match=message):
+        engine_config(tiny_assets[0], {"model": f"nfoxhead:{tiny_assets[1]}", **extra})
+
+
+def test_tree_chain_overrides_the_heads_default_tree(tiny_assets, heads_copy):
+    edit_config(heads_copy, tree="wide_6")
+    cfg = engine_config(tiny_assets[0], {"model": f"nfoxhead:{heads_copy}"})
+    assert cfg.speculative_config.num_speculative_tokens == 6  # the heads' tree
+    cfg = engine_config(tiny_assets[0], {"model": f"nfoxhead:{heads_copy}", "tree": "chain"})
+    assert cfg.additional_config["nfoxhead"]["tree"] is None
+    assert cfg.speculative_config.num_speculative_tokens == 4  # one per head

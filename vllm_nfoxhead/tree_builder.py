@@ -122,7 +122,7 @@ def choose_size(acc: Accuracies, cost_per_tokens: Mapping[int, float],
     of that verification relative to one plain step; N between measured sizes is
     interpolated linearly, N outside them is not considered. Ties: smaller N.
     """
-    costs = _checked_costs(cost_per_tokens)
+    costs = checked_costs(cost_per_tokens)
     lo, hi = max(1, min(costs)), min(max(costs), max_nodes)
     order = grow(acc, hi, max_depth, topk)
     best: SizeChoice | None = None
@@ -164,7 +164,8 @@ def _checked(acc: Accuracies) -> list[list[float]]:
     return rows
 
 
-def _checked_costs(cost_per_tokens: Mapping) -> dict[int, float]:
+def checked_costs(cost_per_tokens: Mapping) -> dict[int, float]:
+    """{N drafts: cost relative to one plain step}, validated (a verify_cost table)."""
     fix = 'give a JSON object {"N": cost, ...} with integer N >= 0 and cost > 0'
     if not isinstance(cost_per_tokens, Mapping) or len(cost_per_tokens) == 0:
         raise NFoxHeadError("cost table is empty or not a mapping", fix)

@@ -19,8 +19,10 @@ PREFIX = "nfoxhead:"
 PROPOSER_PATH = "vllm_nfoxhead.integration.proposer.NFoxHeadProposer"
 ADDITIONAL_CONFIG_KEY = "nfoxhead"
 # Keys users may add to --speculative-config that vLLM itself does not know.
-PLUGIN_KEYS: tuple[str, ...] = ("tree", "acceptance", "posterior_threshold", "posterior_alpha")
+PLUGIN_KEYS: tuple[str, ...] = ("tree", "acceptance", "posterior_threshold", "posterior_alpha",
+                                "load_policy", "cost_table")
 ACCEPTANCE_MODES = ("exact", "typical")
+LOAD_POLICIES = ("auto", "off")
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ class NFoxHeadOptions:
     acceptance: str = "exact"  # "typical": Medusa's lossy rule for sampled tree requests
     posterior_threshold: float = 0.09
     posterior_alpha: float = 0.3
+    load_policy: str = "auto"  # "off": always draft the full tree/chain, whatever the batch
+    cost_table: dict[str, float] | None = None  # verify_cost table; None = platform default
 
     @classmethod
     def from_additional_config(cls, additional_config: Any) -> "NFoxHeadOptions":
@@ -41,8 +45,7 @@ class NFoxHeadOptions:
                 "the NFoxHead proposer was started without a heads directory",
                 'use speculative_config={"model": "nfoxhead:/path/to/heads"}',
             )
-        known = {k: opts[k] for k in ("tree", "acceptance", "posterior_threshold", "posterior_alpha")
-                 if k in opts}
+        known = {k: opts[k] for k in PLUGIN_KEYS if k in opts}
         return cls(heads_dir=opts["heads_dir"], **known)
 
 
@@ -109,8 +112,13 @@ def validate_for_target(args: Any, hidden_size: int, vocab_size: int, base: str)
     if opts.acceptance not in ACCEPTANCE_MODES:
         raise NFoxHeadError(f"unknown acceptance {opts.acceptance!r}",
                             f"use one of {', '.join(ACCEPTANCE_MODES)} ('exact' is lossless)")
+    if opts.load_policy not in LOAD_POLICIES:
+        raise NFoxHeadError(f"unknown load_policy {opts.load_policy!r}",
+                            f"use one of {', '.join(LOAD_POLICIES)} ('auto' shrinks drafts under load)")
     config = validate_heads_dir(opts.heads_dir)
     check_base_compat(config, hidden_size, vocab_size, base)
+    if opts.cost_table is not None:
+        args.additional_config[ADDITIONAL_CONFIG_KEY]["cost_table"] = load_cost_table(opts.cost_table)
     spec = args.speculative_config
     tree = resolve_tree(opts.tree if opts.tree is not None else config.tree, config.num_heads)
     args.additional_config[ADDITIONAL_CONFIG_KEY]["tree"] = tree
@@ -139,9 +147,26 @@ def validate_for_target(args: Any, hidden_size: int, vocab_size: int, base: str)
 
 
 
+def load_cost_table(value: Any) -> dict[str, float]:
+    """A cost_table option (a verify_cost JSON file path, or the mapping itself), checked."""
+    import json
+
+    from ..tree_builder import checked_costs
+
+    if isinstance(value, str):
+        try:
+            with open(os.path.expanduser(value)) as f:
+                value = json.load(f)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise NFoxHeadError(f"cannot read cost_table {value} ({exc})",
+                                "write it with `python -m vllm_nfoxhead.verify_cost --model BASE --out cost.json`") from None
+    return {str(n): c for n, c in checked_costs(value).items()}
+
+
 def resolve_tree(tree: Any, num_heads: int) -> list[list[int]] | None:
-    """A tree option (None, preset name, JSON text or list of rank paths), checked against the heads."""
-    if tree is None:
+    """A tree option (None or "chain" for chain drafting, a preset name, JSON text or a
+    list of rank paths), checked against the heads."""
+    if tree is None or tree == "chain":
         return None
     from ..tree import parse_tree
 

@@ -22,6 +22,7 @@ from torch import nn
 from ..drafting import ChainDrafter
 from ..tree import Tree, TreeDrafter, parse_tree
 from ..format import validate_heads_dir
+from ..load_policy import CPU_DEFAULT_COST, LoadPolicy
 from .options import NFoxHeadOptions
 from .tree_step import current_step, set_current_step
 
@@ -43,6 +44,7 @@ class NFoxHeadProposer:
         self.tree: TreeDrafter | None = None
         if self.options.tree is not None:
             self.tree = self._tree_if_supported(self.options.tree)
+        self.policy = self._load_policy()
         self.heads: nn.Module | None = None
         # Per step, set by the runner patch before `propose`.
         self._hidden: torch.Tensor | None = None  # [B, H]
@@ -62,6 +64,17 @@ class NFoxHeadProposer:
             return None
         return TreeDrafter(parse_tree(paths))
 
+    def _load_policy(self) -> LoadPolicy | None:
+        """Shrink drafts under load (load_policy.py) when accuracies and costs are known."""
+        from vllm.platforms import current_platform
+
+        accuracy = self.heads_config.extra.get("rank_accuracy")
+        costs = self.options.cost_table or (CPU_DEFAULT_COST if current_platform.is_cpu() else None)
+        if self.options.load_policy == "off" or accuracy is None or costs is None:
+            return None
+        paths = self.tree.tree.paths if self.tree else None
+        return LoadPolicy(accuracy, costs, self.chain.num_heads_used, paths)
+
     def load_model(self, target_model: nn.Module) -> None:
         from .heads_vllm import VllmNFoxHeads
 
@@ -76,6 +89,8 @@ class NFoxHeadProposer:
             f"a tree of {self.tree.tree.num_nodes} nodes" if self.tree else
             f"a chain of {self.chain.num_heads_used}",
         )
+        if self.policy is not None:
+            logger.info("NFoxHead load policy: %s", self.policy.describe())
 
     def set_step_inputs(self, runner: Any, scheduler_output: Any, sample_hidden_states: torch.Tensor,
                         sampled_token_ids: list[list[int]], spec_decode_metadata: Any) -> None:
@@ -104,6 +119,15 @@ class NFoxHeadProposer:
                             for i in range(len(sampled_token_ids))]
         set_current_step(None)
 
+    def _plan(self) -> tuple[bool, int] | None:
+        """(draft the tree?, chain length) for this step's batch; None: draft nothing."""
+        shape = self.policy.choose(sum(self._has_token)) if self.policy else None
+        if shape is not None and shape.kind == "none":
+            return None
+        use_tree = self.tree is not None and any(self._wants_tree) and (shape is None or shape.kind == "tree")
+        chain_len = shape.nodes if shape is not None and shape.kind == "chain" else self.chain.num_heads_used
+        return use_tree, chain_len
+
     def propose(
         self,
         sampled_token_ids: list[list[int]],
@@ -115,13 +139,16 @@ class NFoxHeadProposer:
         hidden, self._hidden = self._hidden, None
         if hidden is None or self.heads is None or not any(self._has_token):
             return [[] for _ in sampled_token_ids]
-        drafter = self.tree if any(self._wants_tree) else self.chain
-        num_heads = max(drafter.num_heads_used, self.chain.num_heads_used)
+        self.tree_of = {}
+        plan = self._plan()
+        if plan is None:
+            return [[] for _ in sampled_token_ids]  # speculation would cost more than it gains
+        use_tree, chain_len = plan
+        num_heads = max(self.tree.num_heads_used if use_tree else 0, chain_len)
         logits = self.heads.logits(hidden, num_heads)  # [K, B, V]
-        tree_drafts = drafter.draft(logits).tolist() if drafter is self.tree else None
+        tree_drafts = self.tree.draft(logits).tolist() if use_tree else None
         chain_drafts = self.chain.draft(logits).tolist()
         out: list[list[int]] = []
-        self.tree_of = {}
         for i, req_id in enumerate(self._req_ids):
             room = max(self.max_model_len - int(num_tokens_no_spec[i]), 0)
             if not self._has_token[i]:
@@ -130,7 +157,7 @@ class NFoxHeadProposer:
                 out.append(tree_drafts[i][:room])
                 self.tree_of[req_id] = self.tree.tree
             else:
-                out.append(chain_drafts[i][:room])
+                out.append(chain_drafts[i][:min(room, chain_len)])
         return out
 
 

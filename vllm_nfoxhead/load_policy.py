@@ -1,0 +1,96 @@
+"""How much to draft per step, given how many requests share it.
+
+Verifying drafts is nearly free while the forward pass is memory-bound (one
+request on a GPU) and costly once it is compute-bound (many requests, or a
+small CPU). Each step the proposer asks `LoadPolicy.choose(batch)` for a draft
+shape: the whole tree, a chain of k tokens, or nothing, whichever yields the
+most tokens per unit of time:
+
+    rate(shape) = batch * expected_tokens(shape) / cost(batch * (nodes(shape) + 1))
+
+expected_tokens comes from the heads' measured per-rank accuracies (tokens per
+step, bonus token included); cost(T) is the time to score T tokens relative to
+one plain single-request step (a `verify_cost` table, linearly interpolated and
+extrapolated past its last point). At high load the answer shrinks to a short
+chain and then to no drafts at all: speculation then costs nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from .errors import NFoxHeadError
+from .tree_builder import Accuracies, checked_costs, expected_accept
+
+# Measured with `python -m vllm_nfoxhead.verify_cost` for SmolLM2-135M (bf16) on
+# the project's 2-core CPU (N drafts -> cost of scoring N+1 tokens); used on the
+# CPU platform when no cost table is given. Measure yours: it is hardware-bound.
+CPU_DEFAULT_COST: dict[int, float] = {1: 1.04, 2: 1.06, 4: 1.08, 8: 1.22, 16: 1.50, 32: 1.94, 64: 2.96}
+
+
+@dataclass(frozen=True)
+class DraftShape:
+    """What to draft this step: 'tree', 'chain' (`nodes` tokens) or 'none'."""
+
+    kind: str
+    nodes: int
+    expected_tokens: float  # per request and step, bonus token included
+
+
+class LoadPolicy:
+    """Picks the draft shape with the best tokens-per-time for a batch size."""
+
+    def __init__(self, rank_accuracy: Accuracies, cost_per_drafts: Mapping[int, float],
+                 num_chain: int, tree_paths: Sequence[Sequence[int]] | None = None) -> None:
+        self.shapes = [DraftShape("none", 0, 1.0)]
+        for k in range(1, num_chain + 1):
+            self.shapes.append(DraftShape("chain", k, 1.0 + expected_accept([[0] * d for d in range(1, k + 1)],
+                                                                             rank_accuracy)))
+        if tree_paths:
+            self.shapes.append(DraftShape("tree", len(tree_paths), 1.0 + expected_accept(tree_paths, rank_accuracy)))
+        # cost of scoring T tokens = table entry for N = T - 1 drafts; 1 token = 1 plain step
+        costs = {n + 1: c for n, c in checked_costs(cost_per_drafts).items() if n >= 1}
+        if not costs:
+            raise NFoxHeadError("the cost table has no entry for N >= 1 drafts",
+                                "write one with `python -m vllm_nfoxhead.verify_cost --model BASE --out cost.json`")
+        self._points = [(1, 1.0)] + sorted(costs.items())
+        self._memo: dict[int, DraftShape] = {}
+
+    def cost(self, tokens: int) -> float:
+        """Time to score `tokens` tokens in one step, relative to one plain step."""
+        pts = self._points
+        for (t0, c0), (t1, c1) in zip(pts, pts[1:]):
+            if tokens <= t1:
+                return c0 + (c1 - c0) * (tokens - t0) / (t1 - t0)
+        (t0, c0), (t1, c1) = pts[-2], pts[-1]  # beyond the table: extend the last slope
+        return c1 + (c1 - c0) * (tokens - t1) / (t1 - t0)
+
+    def rate(self, shape: DraftShape, batch: int) -> float:
+        return batch * shape.expected_tokens / self.cost(batch * (shape.nodes + 1))
+
+    def choose(self, batch: int) -> DraftShape:
+        """The best shape for `batch` decoding requests (ties go to the smaller shape)."""
+        if batch not in self._memo:
+            best = self.shapes[0]
+            for shape in self.shapes[1:]:
+                if self.rate(shape, batch) > self.rate(best, batch) * 1.0001:
+                    best = shape
+            self._memo[batch] = best
+        return self._memo[batch]
+
+    def describe(self, max_batch: int = 64) -> str:
+        """The plan as batch ranges, e.g. 'tree(16) at 1-2, chain(2) at 3-9, none from 10'."""
+        spans: list[tuple[DraftShape, int, int]] = []
+        for b in range(1, max_batch + 1):
+            shape = self.choose(b)
+            if spans and spans[-1][0] == shape:
+                spans[-1] = (shape, spans[-1][1], b)
+            else:
+                spans.append((shape, b, b))
+        parts = []
+        for shape, lo, hi in spans:
+            name = "none" if shape.kind == "none" else f"{shape.kind}({shape.nodes})"
+            parts.append(f"{name} from {lo}" if hi == max_batch else
+                         f"{name} at {lo}" + (f"-{hi}" if hi > lo else ""))
+        return ", ".join(parts) + " concurrent requests"
