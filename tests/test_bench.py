@@ -20,7 +20,7 @@ def test_bench_writes_table_json_and_plot(tmp_path, tiny_assets, capsys):
     main(["--model", str(model), "--heads", str(heads), "--prompts", str(prompts), "--no-chat",
           "--num-prompts", "4",
           "--max-tokens", "16", "--concurrency", "1", "2", "--methods", "plain,nfoxhead",
-          "--trees", "wide_6", "--dtype", "float32", "--kv-cache-gib", "0.1", "--out", str(out)])
+          "--trees", "wide_6", "--ignore-eos", "--dtype", "float32", "--kv-cache-gib", "0.1", "--out", str(out)])
     report = json.loads((out / "bench.json").read_text())
     got = {(r["method"], r["concurrency"]): r for r in report["results"]}
     assert set(got) == {(m, c) for m in ("plain", "nfoxhead-chain", "nfoxhead-tree:wide_6") for c in (1, 2)}

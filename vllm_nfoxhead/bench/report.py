@@ -31,12 +31,12 @@ def rows(results: list[RunResult], methods: list[Method]) -> list[dict[str, Any]
 
 
 def table(report_rows: list[dict[str, Any]]) -> str:
-    head = f"{'method':<26}{'conc':>5}{'tok/s':>10}{'speed-up':>10}{'accept len':>12}  {'= plain':<8}per-position acceptance"
+    head = f"{'method':<36}{'conc':>5}{'tok/s':>10}{'speed-up':>10}{'accept len':>12}  {'= plain':<8}per-position acceptance"
     lines = [head, "-" * len(head)]
     for r in report_rows:
         acc = "-" if r["acceptance_length"] is None else f"{r['acceptance_length']:.2f}"
         pos = " ".join(f"{x:.2f}" for x in r["per_position_acceptance"][:8])
-        lines.append(f"{r['method']:<26}{r['concurrency']:>5}{r['tokens_per_s']:>10.1f}"
+        lines.append(f"{r['method']:<36}{r['concurrency']:>5}{r['tokens_per_s']:>10.1f}"
                      f"{r['speedup']:>9.2f}x{acc:>12}  {str(r['outputs_match_plain']):<8}{pos}")
     return "\n".join(lines)
 
@@ -46,7 +46,7 @@ def write_json(path: Path, report_rows: list[dict[str, Any]], settings: dict[str
 
 
 def plot(path: Path, report_rows: list[dict[str, Any]], title: str) -> None:
-    """Grouped bars: speed-up over plain vLLM per method, one group per concurrency."""
+    """Speed-up over plain vLLM against concurrency, one line per method (the load curve)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,14 +55,17 @@ def plot(path: Path, report_rows: list[dict[str, Any]], title: str) -> None:
     methods = list(dict.fromkeys(r["method"] for r in report_rows if r["method"] != "plain"))
     concs = sorted({r["concurrency"] for r in report_rows})
     by = {(r["method"], r["concurrency"]): r["speedup"] for r in report_rows}
-    width = 0.8 / max(len(methods), 1)
-    fig, ax = plt.subplots(figsize=(2 + 1.6 * len(concs) + 0.3 * len(methods), 4.5))
-    for i, m in enumerate(methods):
-        xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(concs))]
-        bars = ax.bar(xs, [by.get((m, c), 0) for c in concs], width, label=m)
-        ax.bar_label(bars, fmt="%.2f", fontsize=7)
-    ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
-    ax.set_xticks(range(len(concs)), [f"concurrency {c}" for c in concs])
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for m in methods:
+        xs = [c for c in concs if (m, c) in by]
+        ys = [by[(m, c)] for c in xs]
+        ax.plot(xs, ys, marker="o", linestyle="--" if "policy-off" in m else "-", label=m)
+        for x, y in zip(xs, ys):
+            ax.annotate(f"{y:.2f}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.axhline(1.0, color="black", linewidth=0.8, linestyle=":")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(concs, [str(c) for c in concs])
+    ax.set_xlabel("concurrent requests")
     ax.set_ylabel("speed-up over plain vLLM (tokens/s ratio)")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
