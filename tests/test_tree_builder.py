@@ -149,3 +149,28 @@ def test_cli_reads_accuracies_from_trained_heads_dir(tmp_path, capsys):
     (heads / "config.json").write_text(json.dumps({"extra": {}}))
     assert main(["--accuracies", str(heads), "--nodes", "3"]) != 0
     assert "no extra.rank_accuracy" in capsys.readouterr().err
+
+
+def test_cli_save_to_stores_the_default_tree(tmp_path, capsys):
+    import json
+
+    from vllm_nfoxhead.format import HeadsConfig, save_heads, validate_heads_dir
+    from vllm_nfoxhead.heads import NFoxHeads
+    from vllm_nfoxhead.tree_builder import main
+
+    config = HeadsConfig(num_heads=2, num_layers=1, hidden_size=8, vocab_size=16, shared_lm_head=True,
+                         base_model="base", dtype="float32",
+                         extra={"rank_accuracy": [[0.6, 0.2, 0.1], [0.4, 0.2, 0.1]]})
+    heads = tmp_path / "heads"
+    save_heads(heads, config, NFoxHeads(config).state_dict_for_format())
+    assert main(["--accuracies", str(heads), "--nodes", "4", "--save-to", str(heads)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    stored = validate_heads_dir(heads)
+    assert stored.tree == printed["tree"] and len(stored.tree) == 4
+    assert stored.extra["tree_builder"]["nodes"] == 4
+    assert stored.extra["rank_accuracy"]  # the rest of the config is kept
+    # a tree deeper than the heads is refused, and the config is left as it was
+    (tmp_path / "acc.json").write_text(json.dumps([[0.9]] * 3))
+    assert main(["--accuracies", str(tmp_path / "acc.json"),
+                 "--nodes", "3", "--save-to", str(heads)]) != 0
+    assert validate_heads_dir(heads).tree == printed["tree"]

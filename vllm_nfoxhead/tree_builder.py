@@ -220,7 +220,26 @@ def _parser() -> argparse.ArgumentParser:
                    help="deepest path allowed (default: number of heads in the accuracies)")
     p.add_argument("--topk", type=int, default=DEFAULT_TOPK,
                    help=f"most children per node / ranks used per head (default {DEFAULT_TOPK})")
+    p.add_argument("--save-to", metavar="HEADS_DIR",
+                   help="also store the tree as the default tree of these heads (their config.json "
+                        "'tree', replaced atomically)")
     return p
+
+
+def save_default_tree(heads_dir: str, tree: list[list[int]], info: dict) -> None:
+    """Make `tree` the heads' default tree (config.json "tree"; `info` in extra.tree_builder)."""
+    from vllm_nfoxhead.format import validate_heads_dir
+
+    config = validate_heads_dir(heads_dir)
+    parse_tree(tree, num_heads=config.num_heads)
+    path = os.path.join(heads_dir, "config.json")
+    data = _load_json(path, "save-to")
+    data["tree"] = tree
+    data.setdefault("extra", {})["tree_builder"] = info
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -237,12 +256,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             built = choice.built
             extra = {"cost": round(choice.cost, 6),
                      "tokens_per_unit_time": round(choice.tokens_per_time, 6)}
+        result = {"tree": built.tree.to_list(), "nodes": built.tree.num_nodes,
+                  "expected_accept_length": round(built.expected_accept, 6),
+                  "expected_tokens_per_step": round(1 + built.expected_accept, 6), **extra}
+        if args.save_to:
+            save_default_tree(args.save_to, result["tree"],
+                              {k: v for k, v in result.items() if k != "tree"})
     except NFoxHeadError as exc:
         print(exc, file=sys.stderr)
         return 2
-    print(json.dumps({"tree": built.tree.to_list(), "nodes": built.tree.num_nodes,
-                      "expected_accept_length": round(built.expected_accept, 6),
-                      "expected_tokens_per_step": round(1 + built.expected_accept, 6), **extra}))
+    print(json.dumps(result))
     return 0
 
 
