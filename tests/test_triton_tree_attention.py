@@ -343,7 +343,7 @@ def test_compact_kv_paged_moves_accepted_path() -> None:
     buffers = parse_tree("mc_sim_16").buffers("cpu")
     ctx = 12  # root at position 12; nodes 0..15 at positions 13..28, crossing a block edge
     node_slots = slots_of(table, range(ctx + 1, ctx + 1 + buffers.num_nodes))[None]  # [1, 16]
-    leaf = 15  # path node 0 -> node 7 -> node 15 (depths 1, 2, 3)
+    leaf = 15  # path node 0 -> node 6 -> node 15 (depths 1, 2, 3)
     accepted = buffers.node_paths[leaf][None]  # [1, D] node indices
     src, dst = compaction_pairs(node_slots, accepted)
     assert src.numel() == 2  # node 0 is already in place
