@@ -130,6 +130,7 @@ def validate_for_target(args: Any, hidden_size: int, vocab_size: int, base: str)
                 "leave num_speculative_tokens out (it follows the tree) or set it to the tree size",
             )
         spec["num_speculative_tokens"] = len(tree)
+        gpu_tree_settings(args)
     elif k is None:
         spec["num_speculative_tokens"] = config.num_heads
     elif not isinstance(k, int) or k < 1:
@@ -145,6 +146,39 @@ def validate_for_target(args: Any, hidden_size: int, vocab_size: int, base: str)
         )
     return config
 
+
+
+def gpu_tree_settings(args: Any) -> None:
+    """On a GPU, a tree needs vLLM's Triton attention (its kernel takes the tree as
+    qq_bias) and PIECEWISE CUDA graphs (FULL graphs replay attention without the
+    plugin's tree rows). Set both unless the user chose otherwise; refuse a
+    choice that would silently give wrong output."""
+    from vllm.config.compilation import CUDAGraphMode
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        return
+    backend = args.attention_backend or getattr(args.attention_config, "backend", None)
+    if backend is None:
+        args.attention_backend = "TRITON_ATTN"
+    mode = args.compilation_config.cudagraph_mode
+    if mode is None:
+        args.compilation_config.cudagraph_mode = CUDAGraphMode.PIECEWISE
+    elif mode.has_full_cudagraphs():
+        raise NFoxHeadError(
+            f"cudagraph_mode {mode.name} replays attention without the tree mask",
+            "use compilation_config={'cudagraph_mode': 'PIECEWISE'}, or 'tree': 'chain'",
+        )
+
+
+def tree_backend_ok(vllm_config: Any) -> bool:
+    """Whether this worker's attention backend can verify trees (else: chain, with a warning)."""
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        return True
+    backend = getattr(vllm_config.attention_config, "backend", None)
+    return getattr(backend, "name", str(backend)) == "TRITON_ATTN"
 
 
 def load_cost_table(value: Any) -> dict[str, float]:

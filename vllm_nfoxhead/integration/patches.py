@@ -128,7 +128,14 @@ def patch_model_runner() -> None:
             if isinstance(drafter, NFoxHeadProposer) and drafter.tree is not None:
                 if not isinstance(self.rejection_sampler, TreeRejectionSampler):
                     self.rejection_sampler = TreeRejectionSampler(self.rejection_sampler, drafter.options)
-                set_current_step(build_step(self, scheduler_output, drafter.tree_of))
+                step = build_step(self, scheduler_output, drafter.tree_of)
+                if step.requests and self.compilation_config.cudagraph_mode.has_full_cudagraphs():
+                    raise RuntimeError(
+                        "NFoxHead: tree verification needs cudagraph_mode PIECEWISE (FULL CUDA graphs "
+                        "replay attention without the tree mask). Fix: pass "
+                        "compilation_config={'cudagraph_mode': 'PIECEWISE'}, or drop 'tree' to use "
+                        "chain drafting.")
+                set_current_step(step)
             return result
 
         return _prepare_inputs
@@ -136,6 +143,7 @@ def patch_model_runner() -> None:
     _wrap(GPUModelRunner, "propose_draft_token_ids", make_propose)
     _wrap(GPUModelRunner, "_prepare_inputs", make_prepare)
     patch_cpu_attention()
+    patch_triton_attention()
 
 
 def patch_cpu_attention() -> None:
@@ -165,3 +173,38 @@ def patch_cpu_attention() -> None:
         return forward
 
     _wrap(CPUAttentionBackendImpl, "forward", make)
+
+
+def patch_triton_attention() -> None:
+    """Tree mask on vLLM's Triton attention backend (GPU).
+
+    Wraps vllm.v1.attention.backends.triton_attn.TritonAttentionImpl.forward:
+    the kernel runs as usual, then the rows of tree requests are recomputed by
+    one more unified_attention call per tree mask, the tree as qq_bias
+    (triton_tree_attention.fix_tree_rows_triton). No-op without a tree step.
+    Needs cudagraph_mode PIECEWISE or NONE: FULL graphs replay without this code
+    (options.gpu_tree_settings sets PIECEWISE; the runner patch checks it).
+    """
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        return
+    from vllm.v1.attention.backends.triton_attn import TritonAttentionImpl
+
+    from .tree_step import current_step
+    from .triton_tree_attention import fix_tree_rows_triton
+
+    def make(orig: Callable[..., Any]) -> Callable[..., Any]:
+        def forward(self, layer, query, key, value, kv_cache, attn_metadata, output,
+                    output_scale=None, output_block_scale=None):
+            result = orig(self, layer, query, key, value, kv_cache, attn_metadata, output,
+                          output_scale=output_scale, output_block_scale=output_block_scale)
+            step = current_step()
+            if step is not None and step.requests and attn_metadata is not None:
+                fix_tree_rows_triton(self, layer, query, key, value, kv_cache, attn_metadata,
+                                     output, step, output_scale=output_scale)
+            return result
+
+        return forward
+
+    _wrap(TritonAttentionImpl, "forward", make)

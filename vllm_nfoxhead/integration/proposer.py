@@ -23,7 +23,7 @@ from ..drafting import ChainDrafter
 from ..tree import Tree, TreeDrafter, parse_tree
 from ..format import validate_heads_dir
 from ..load_policy import CPU_DEFAULT_COST, LoadPolicy
-from .options import NFoxHeadOptions
+from .options import NFoxHeadOptions, tree_backend_ok
 from .tree_step import current_step, set_current_step
 
 logger = logging.getLogger("vllm_nfoxhead")
@@ -43,7 +43,7 @@ class NFoxHeadProposer:
         self.chain = ChainDrafter(min(spec.num_speculative_tokens, self.heads_config.num_heads))
         self.tree: TreeDrafter | None = None
         if self.options.tree is not None:
-            self.tree = self._tree_if_supported(self.options.tree)
+            self.tree = self._tree_if_supported(vllm_config, self.options.tree)
         self.policy = self._load_policy()
         self.heads: nn.Module | None = None
         # Per step, set by the runner patch before `propose`.
@@ -55,11 +55,11 @@ class NFoxHeadProposer:
         patch_model_runner()
 
     @staticmethod
-    def _tree_if_supported(paths: list[list[int]]) -> TreeDrafter | None:
+    def _tree_if_supported(vllm_config: Any, paths: list[list[int]]) -> TreeDrafter | None:
         from vllm.platforms import current_platform
 
-        if not current_platform.is_cpu():
-            logger.warning("NFoxHead: tree verification is not available on %s yet; "
+        if not tree_backend_ok(vllm_config):
+            logger.warning("NFoxHead: tree verification needs the TRITON_ATTN attention backend on %s; "
                            "drafting a chain instead", current_platform.device_name)
             return None
         return TreeDrafter(parse_tree(paths))

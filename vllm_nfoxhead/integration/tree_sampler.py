@@ -102,22 +102,36 @@ def compact_kv(step: TreeStep) -> None:
     the cache holds exactly the accepted path there. All reads happen before
     any write, per layer, so overlapping sources and destinations are safe.
     """
-    from vllm import _custom_ops as ops
+    from vllm.platforms import current_platform
 
     if step.slot_mapping is None:
         return
+    device = step.slot_mapping.device  # CUDA on GPU: the accepted indices must join it there
     pairs = [
         compaction_pairs(step.slot_mapping[req.start + 1 : req.start + req.num_rows][None],
-                         torch.tensor([req.accepted], dtype=torch.long))
+                         torch.tensor([req.accepted], dtype=torch.long, device=device))
         for req in step.requests if req.accepted
     ]
     if not pairs:
         return
-    src = torch.cat([p[0] for p in pairs])
-    dst = torch.cat([p[1] for p in pairs])
+    src, dst = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
     if src.numel() == 0:
         return
+    if current_platform.is_cpu():
+        compact_kv_cpu(step, src, dst)
+    else:
+        compact_kv_triton(step, src, dst)
+
+
+def compact_kv_cpu(step: TreeStep, src: torch.Tensor, dst: torch.Tensor) -> None:
+    """CPU backend: read through the probed layout, write with vLLM's own cache op."""
+    from vllm import _custom_ops as ops
+
+    done: set[int] = set()
     for layer, impl, kv_cache in step.layers.values():
+        if kv_cache.data_ptr() in done:  # layers sharing one cache move it once
+            continue
+        done.add(kv_cache.data_ptr())
         key_cache, value_cache = split_cache(kv_cache)
         num_blocks, num_kv_heads, block_size, two_d = kv_cache.shape
         layout = layout_for(block_size, two_d // 2, kv_cache.dtype, layer.isa)
@@ -128,3 +142,15 @@ def compact_kv(step: TreeStep) -> None:
             k_scale=layer._k_scale_float, v_scale=layer._v_scale_float,
             kv_cache_dtype=impl.kv_cache_dtype,
         )
+
+
+def compact_kv_triton(step: TreeStep, src: torch.Tensor, dst: torch.Tensor) -> None:
+    """Triton backend: each distinct [num_blocks, H_kv, block_size, 2*D] cache once."""
+    from .triton_tree_attention import compact_kv_paged
+
+    done: set[int] = set()
+    for _layer, _impl, kv_cache in step.layers.values():
+        if kv_cache.data_ptr() in done:  # layers sharing one cache move it once
+            continue
+        done.add(kv_cache.data_ptr())
+        compact_kv_paged(kv_cache, src, dst, kv_cache.shape[2])
