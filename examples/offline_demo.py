@@ -1,94 +1,121 @@
 """Offline generation with NFoxHead speculation vs plain vLLM, side by side.
 
-    python examples/offline_demo.py                      # the embedded tiny model
+    python examples/offline_demo.py                  # SmolLM2-135M-Instruct + the heads shipped in heads/
+    python examples/offline_demo.py --tiny           # the tiny random test model (plumbing only)
     python examples/offline_demo.py --model BASE --heads HEADS_DIR
 
-Runs the same greedy requests through a plain engine and an NFoxHead engine
-(one after the other), then prints tokens/s, the speed-up, vLLM's mean
-acceptance length, and whether the outputs are identical.
+Answers the same held-out chat prompts greedily, one request at a time (the
+latency case speculation is for), with plain vLLM, NFoxHead's chain and
+NFoxHead's tree; prints tokens/s, the speed-up over plain vLLM, vLLM's mean
+acceptance length, and whether the answers are identical to plain decoding.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from vllm import LLM, SamplingParams
 
-DEFAULT_CACHE = Path(os.environ.get("VLLM_NFOXHEAD_CACHE", "~/.cache/vllm-nfoxhead")).expanduser()
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED_HEADS = REPO / "heads" / "smollm2-nfoxhead"
+CACHE = Path(os.environ.get("VLLM_NFOXHEAD_CACHE", "~/.cache/vllm-nfoxhead")).expanduser()
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="base model directory (default: the tiny test model, built on first use)")
-    p.add_argument("--heads", help="NFoxHead heads directory for --model")
-    p.add_argument("--num-speculative-tokens", type=int, default=None,
-                   help="tokens drafted per step (default: one per head)")
-    p.add_argument("--max-tokens", type=int, default=None,
-                   help="tokens generated per prompt (default: 48 for the tiny model, 128 otherwise)")
-    p.add_argument("--batch", type=int, default=1,
-                   help="concurrent requests (default 1: the latency case speculation is for)")
-    p.add_argument("--dtype", default="float32", help="engine dtype (float32 makes outputs exactly comparable)")
-    p.add_argument("--kv-cache-gib", type=float, default=0.25, help="KV cache size for the CPU backend")
+    p.add_argument("--model", help="base model directory (default: SmolLM2-135M-Instruct, prepared once)")
+    p.add_argument("--heads", help=f"NFoxHead heads directory for --model (default: {SHIPPED_HEADS})")
+    p.add_argument("--tiny", action="store_true", help="use the tiny random test model and its fitted heads")
+    p.add_argument("--tree", default=None,
+                   help="tree preset or JSON rank paths (default: the heads' own tree, else mc_sim_16)")
+    p.add_argument("--num-prompts", type=int, default=6, help="held-out prompts to answer (default 6)")
+    p.add_argument("--max-tokens", type=int, default=128, help="tokens per answer at most (default 128)")
+    p.add_argument("--dtype", default="bfloat16",
+                   help="engine dtype (default bfloat16, as served; float32 rules out rounding differences)")
+    p.add_argument("--kv-cache-gib", type=float, default=0.5, help="KV cache size for the CPU backend (default 0.5)")
     return p.parse_args()
 
 
-def run(llm: LLM, prompts: list[str], params: SamplingParams, batch: int) -> tuple[list[list[int]], float]:
-    """Generate in groups of `batch` concurrent requests; return token ids and seconds."""
-    llm.generate(prompts[:1], SamplingParams(max_tokens=4), use_tqdm=False)  # warm-up
-    out: list[list[int]] = []
-    start = time.perf_counter()
-    for i in range(0, len(prompts), batch):
-        outs = llm.generate(prompts[i : i + batch], params, use_tqdm=False)
-        out += [list(o.outputs[0].token_ids) for o in outs]
-    return out, time.perf_counter() - start
+def setup(args: argparse.Namespace) -> tuple[Path, Path, list[Any]]:
+    """(model, heads, prompts): raw text for the tiny model, chat conversations otherwise."""
+    if args.tiny:
+        from vllm_nfoxhead.tiny_model import SEED_PROMPTS, build_tiny_assets
+
+        model, heads = build_tiny_assets(CACHE / "tiny")
+        return model, heads, SEED_PROMPTS[: args.num_prompts]
+    if args.model:
+        model, heads = Path(args.model), Path(args.heads or "")
+    else:
+        from vllm_nfoxhead.smollm2 import prepare_smollm2
+
+        model, heads = prepare_smollm2(), Path(args.heads or SHIPPED_HEADS)
+    lines = (REPO / "data" / "prompts" / "bench.jsonl").read_text().splitlines()
+    prompts = [json.loads(line)["prompt"] for line in lines if line.strip()][: args.num_prompts]
+    return model, heads, [[{"role": "user", "content": p}] for p in prompts]
 
 
-def acceptance_length(llm: LLM) -> float:
+def answer_one_by_one(llm: LLM, prompts: list[Any], params: SamplingParams) -> tuple[list[list[int]], float]:
+    """Token ids of each answer, and the seconds for all of them (batch 1)."""
+    chat = not isinstance(prompts[0], str)
+
+    def gen(batch: list[Any], p: SamplingParams) -> list[Any]:
+        return (llm.chat(batch, p, use_tqdm=False) if chat else llm.generate(batch, p, use_tqdm=False))
+
+    gen(prompts[:1], SamplingParams(max_tokens=4))  # warm-up
+    answers, start = [], time.perf_counter()
+    for prompt in prompts:
+        answers.append(list(gen([prompt], params)[0].outputs[0].token_ids))
+    return answers, time.perf_counter() - start
+
+
+def acceptance_length(llm: LLM) -> float | None:
     values = {m.name: m.value for m in llm.get_metrics() if hasattr(m, "value")}
     drafts = values.get("vllm:spec_decode_num_drafts", 0)
-    accepted = values.get("vllm:spec_decode_num_accepted_tokens", 0)
-    return 1 + accepted / drafts if drafts else 1.0
+    return 1 + values.get("vllm:spec_decode_num_accepted_tokens", 0) / drafts if drafts else None
+
+
+def run(engine: dict[str, Any], spec: dict[str, Any] | None, prompts: list[Any],
+        params: SamplingParams) -> tuple[list[list[int]], float, float | None]:
+    llm = LLM(**engine, speculative_config=spec)
+    try:
+        answers, seconds = answer_one_by_one(llm, prompts, params)
+        return answers, seconds, acceptance_length(llm)
+    finally:
+        llm.llm_engine.engine_core.shutdown()
 
 
 def main() -> None:
     args = parse_args()
-    if args.model is None:
-        from vllm_nfoxhead.tiny_model import SEED_PROMPTS, build_tiny_assets
+    model, heads, prompts = setup(args)
+    from vllm_nfoxhead.format import validate_heads_dir
 
-        model, heads = build_tiny_assets(DEFAULT_CACHE / "tiny")
-        prompts, max_tokens = SEED_PROMPTS, args.max_tokens or 48
-    else:
-        model, heads = Path(args.model), Path(args.heads)
-        prompts = ["Write a short poem about the sea.", "Explain what a hash table is.",
-                   "List three uses of copper.", "How do I reverse a list in Python?"]
-        max_tokens = args.max_tokens or 128
+    tree = args.tree or validate_heads_dir(heads).tree or "mc_sim_16"
     engine = dict(model=str(model), dtype=args.dtype, max_model_len=1024, seed=0,
                   kv_cache_memory_bytes=int(args.kv_cache_gib * 2**30), disable_log_stats=False)
-    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+    params = SamplingParams(temperature=0, max_tokens=args.max_tokens, ignore_eos=args.tiny)
+    runs = {
+        "plain vLLM": None,
+        "NFoxHead chain": {"model": f"nfoxhead:{heads}", "tree": "chain"},
+        "NFoxHead tree": {"model": f"nfoxhead:{heads}", "tree": tree},
+    }
+    results = {name: run(engine, spec, prompts, params) for name, spec in runs.items()}
 
-    plain = LLM(**engine)
-    want, t_plain = run(plain, prompts, params, args.batch)
-    plain.llm_engine.engine_core.shutdown()
-    del plain
-
-    spec = {"model": f"nfoxhead:{heads}"}
-    if args.num_speculative_tokens:
-        spec["num_speculative_tokens"] = args.num_speculative_tokens
-    nfox = LLM(**engine, speculative_config=spec)
-    got, t_nfox = run(nfox, prompts, params, args.batch)
-    tau = acceptance_length(nfox)
-    nfox.llm_engine.engine_core.shutdown()
-
-    n = sum(len(t) for t in want)
-    print(f"\nmodel {model}\nheads {heads}\n{len(prompts)} prompts, {n} tokens, greedy, "
-          f"{args.batch} request(s) at a time")
-    print(f"plain vLLM      {n / t_plain:8.1f} tok/s")
-    print(f"NFoxHead chain  {n / t_nfox:8.1f} tok/s   speed-up {t_plain / t_nfox:.2f}x   "
-          f"mean acceptance length {tau:.2f}")
-    print(f"outputs identical to plain decoding: {got == want}")
+    want, t_plain, _ = results["plain vLLM"]
+    n = sum(map(len, want))
+    print(f"\nmodel {model}\nheads {heads}\n{len(prompts)} prompts, {n} tokens, greedy, {args.dtype}, "
+          "one request at a time")
+    for name, (got, seconds, tau) in results.items():
+        same = sum(a == b for a, b in zip(got, want))
+        line = f"{name:<16}{sum(map(len, got)) / seconds:8.1f} tok/s"
+        if tau is not None:
+            line += (f"   speed-up {(sum(map(len, got)) / seconds) / (n / t_plain):.2f}x"
+                     f"   mean acceptance length {tau:.2f}   identical answers {same}/{len(want)}")
+        print(line)
 
 
 if __name__ == "__main__":
