@@ -1,6 +1,6 @@
 """The shipped heads on the real chat model (SmolLM2-135M-Instruct, float32): on held-out
 prompts, answers with NFoxHead (chain and a tree) are plain vLLM's,
-token for token, and the heads predict the model better than chance.
+token for token, and the heads predict the model better than chance."""
 
 from __future__ import annotations
 
