@@ -12,6 +12,7 @@ instead: faster, NOT lossless.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -123,15 +124,20 @@ def compact_kv(step: TreeStep) -> None:
         compact_kv_triton(step, src, dst)
 
 
+def distinct_caches(step: TreeStep) -> Iterator[tuple[Any, Any, torch.Tensor]]:
+    """(layer, impl, kv_cache) per distinct cache: layers sharing one cache move it once."""
+    seen: set[int] = set()
+    for layer, impl, kv_cache in step.layers.values():
+        if kv_cache.data_ptr() not in seen:
+            seen.add(kv_cache.data_ptr())
+            yield layer, impl, kv_cache
+
+
 def compact_kv_cpu(step: TreeStep, src: torch.Tensor, dst: torch.Tensor) -> None:
     """CPU backend: read through the probed layout, write with vLLM's own cache op."""
     from vllm import _custom_ops as ops
 
-    done: set[int] = set()
-    for layer, impl, kv_cache in step.layers.values():
-        if kv_cache.data_ptr() in done:  # layers sharing one cache move it once
-            continue
-        done.add(kv_cache.data_ptr())
+    for layer, impl, kv_cache in distinct_caches(step):
         key_cache, value_cache = split_cache(kv_cache)
         num_blocks, num_kv_heads, block_size, two_d = kv_cache.shape
         layout = layout_for(block_size, two_d // 2, kv_cache.dtype, layer.isa)
@@ -148,9 +154,5 @@ def compact_kv_triton(step: TreeStep, src: torch.Tensor, dst: torch.Tensor) -> N
     """Triton backend: each distinct [num_blocks, H_kv, block_size, 2*D] cache once."""
     from .triton_tree_attention import compact_kv_paged
 
-    done: set[int] = set()
-    for _layer, _impl, kv_cache in step.layers.values():
-        if kv_cache.data_ptr() in done:  # layers sharing one cache move it once
-            continue
-        done.add(kv_cache.data_ptr())
+    for _layer, _impl, kv_cache in distinct_caches(step):
         compact_kv_paged(kv_cache, src, dst, kv_cache.shape[2])
