@@ -23,10 +23,12 @@ from dataclasses import dataclass
 from .errors import NFoxHeadError
 from .tree_builder import Accuracies, checked_costs, expected_accept
 
-# Measured with `python -m vllm_nfoxhead.verify_cost` for SmolLM2-135M (bf16) on
-# the project's 2-core CPU (N drafts -> cost of scoring N+1 tokens); used on the
-# CPU platform when no cost table is given. Measure yours: it is hardware-bound.
-CPU_DEFAULT_COST: dict[int, float] = {1: 1.04, 2: 1.06, 4: 1.08, 8: 1.22, 16: 1.50, 32: 1.94, 64: 2.96}
+# Measured on 2026-11-29 with `python -m vllm_nfoxhead.verify_cost --sizes 1 2 4 8 12 16 24 32
+# 64 128 --repeats 21` for SmolLM2-135M (bf16) on the project's 2-core CPU (N drafts -> cost of
+# scoring N+1 tokens); used on the CPU platform when no cost table is given. Measure yours:
+# it is hardware-bound.
+CPU_DEFAULT_COST: dict[int, float] = {1: 1.04, 2: 1.10, 4: 1.15, 8: 1.24, 12: 1.30, 16: 1.44,
+                                      24: 1.61, 32: 1.99, 64: 3.05, 128: 4.96}
 
 
 @dataclass(frozen=True)

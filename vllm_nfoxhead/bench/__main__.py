@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.trees is None:
         from ..format import validate_heads_dir
 
-        args.trees = [json_tree] if (json_tree := validate_heads_dir(heads).tree) else ["mc_sim_16"]
+        args.trees = [own] if (own := validate_heads_dir(heads).tree) else ["mc_sim_16"]
     from vllm import SamplingParams
 
     prompts = tokenize(model, load_prompts(args.prompts, args.num_prompts), not args.no_chat)
