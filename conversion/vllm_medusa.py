@@ -26,6 +26,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from vllm_nfoxhead.errors import NFoxHeadError
 from vllm_nfoxhead.format import HeadsConfig, head_key
 
 CONFIG_FILE = "config.json"
@@ -54,6 +55,11 @@ def write_vllm_medusa(
     dest: Path, config: HeadsConfig, tensors: dict[str, torch.Tensor], base_lm_head: torch.Tensor | None
 ) -> None:
     """Write the vLLM Medusa directory `dest` (which must not exist; callers stage it)."""
+    if config.token_conditioned:
+        raise NFoxHeadError("these heads are token-conditioned (config.json conditioning: tokens); "
+                            "vLLM's Medusa runs heads that read the hidden state only",
+                            "serve them with nfoxhead:HEADS_DIR, or train Medusa heads with "
+                            "`python -m vllm_nfoxhead.train --conditioning none`")
     if config.shared_lm_head and base_lm_head is None:
         raise ValueError("shared-LM-head heads need the base LM head for vLLM's Medusa format")
     dtype = config.torch_dtype

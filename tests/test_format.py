@@ -38,6 +38,20 @@ def test_round_trip(tmp_path):
         assert torch.equal(loaded[name], t), name
 
 
+def test_token_conditioned_round_trip_and_shapes(tmp_path):
+    heads = write_heads(tmp_path / "h", small_config(conditioning="tokens"))
+    config = validate_heads_dir(tmp_path / "h")
+    assert config.token_conditioned and config == heads.config
+    fuse = sorted(k for k in read_heads_tensors(tmp_path / "h", config) if ".fuse." in k)
+    # head k reads tokens t+1..t+k+1: 1 + 2 + ... + K maps
+    assert len(fuse) == sum(range(1, config.num_heads + 1))
+    data = json.loads((tmp_path / "h" / "config.json").read_text())
+    data["conditioning"] = "words"
+    (tmp_path / "h" / "config.json").write_text(json.dumps(data))
+    with pytest.raises(NFoxHeadError, match="unknown conditioning 'words'"):
+        validate_heads_dir(tmp_path / "h")
+
+
 def test_shared_lm_head_stores_no_projection(tmp_path):
     write_heads(tmp_path / "h", small_config(shared_lm_head=True))
     config = validate_heads_dir(tmp_path / "h")

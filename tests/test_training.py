@@ -87,7 +87,7 @@ def test_loss_hand_checked():
 def test_training_loss_matches_independent_computation():
     """head_losses on the heads' output == a per-position log-softmax loop."""
     torch.manual_seed(3)
-    cfg = T.TrainConfig(num_heads=3, shared_lm_head=True)
+    cfg = T.TrainConfig(num_heads=3, shared_lm_head=True, conditioning="none")
     lm_head = torch.randn(VOCAB, 32)
     heads = T.new_heads(cfg, 32, lm_head, "tiny")
     for p in heads.parameters():
@@ -109,6 +109,39 @@ def test_training_loss_matches_independent_computation():
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_conditioned_loss_matches_independent_computation():
+    """Token-conditioned head k adds sum_j F_kj e(token t+1+j), j <= k, before its block."""
+    torch.manual_seed(4)
+    cfg = T.TrainConfig(num_heads=3, shared_lm_head=True, conditioning="tokens")
+    lm_head, embed = torch.randn(VOCAB, 32), torch.randn(VOCAB, 32)
+    heads = T.new_heads(cfg, 32, lm_head, "tiny")
+    for p in heads.parameters():
+        p.data.normal_(0, 0.1)
+    hidden, context = torch.randn(5, 32), torch.randint(0, VOCAB, (5, 3))
+    targets = torch.randint(0, VOCAB, (5, 3))
+    got = T.head_losses(heads(hidden, lm_head, context=embed[context]), targets)
+    for k, head in enumerate(heads.residual.heads):
+        terms = []
+        for t in range(5):
+            x = hidden[t] + sum(heads.residual.fusions[k].maps[j].weight @ embed[context[t, j]]
+                                for j in range(k + 1))
+            block = head[0].linear
+            r = x + torch.nn.functional.silu(block.weight @ x + block.bias)
+            terms.append(-torch.log_softmax(lm_head @ r, -1)[targets[t, k]])
+        assert got[k].item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
+
+
+def test_context_and_vocab_restriction_hand_checked():
+    seqs = T.Sequences(ids=[[10, 11, 12, 13, 14]], answer_start=[3])
+    assert T.build_context(seqs, 2).tolist() == [[11, 12], [12, 13], [13, 14], [14, 0], [0, 0]]
+    targets, _ = T.build_targets(seqs, num_heads=2, include_prompt=False)
+    vocab, remapped = T.training_vocab("seen", targets, torch.tensor([0, 1]), VOCAB)
+    x = T.IGNORE
+    assert vocab.tolist() == [13, 14]  # targets of the training rows only
+    assert remapped.tolist() == [[x, 0], [0, 1], [1, x], [x, x], [x, x]]
+    assert T.training_vocab("full", targets, torch.tensor([0]), VOCAB)[0] is None
+
+
 def test_own_lm_head_starts_from_base():
     lm_head = torch.randn(VOCAB, 32)
     heads = T.new_heads(T.TrainConfig(num_heads=2, shared_lm_head=False), 32, lm_head, "tiny")
@@ -116,13 +149,14 @@ def test_own_lm_head_starts_from_base():
     assert heads.config.dtype == "float32"
 
 
-def test_loop_reduces_loss(tiny_model):
+@pytest.mark.parametrize("conditioning,train_vocab", [("none", "full"), ("tokens", "seen")])
+def test_loop_reduces_loss(tiny_model, conditioning, train_vocab):
     model = T.load_base(tiny_model, torch.device("cpu"), "float32")
     seqs = T.Sequences([r["prompt_token_ids"] + r["response_token_ids"] for r in _records()], [8] * 40)
-    hidden = T.hidden_states(model, seqs)
-    targets, seq = T.build_targets(seqs, 2, include_prompt=False)
-    cfg = T.TrainConfig(num_heads=2, epochs=20, batch_size=64, lr=1e-2, seed=0, amp=False)
-    result = T.train_heads(cfg, T.Dataset(hidden, targets, seq), T.lm_head_weight(model), progress=False)
+    data = T.Dataset.build(seqs, T.hidden_states(model, seqs), 2, include_prompt=False)
+    cfg = T.TrainConfig(num_heads=2, epochs=20, batch_size=64, lr=1e-2, seed=0, amp=False,
+                        conditioning=conditioning, train_vocab=train_vocab)
+    result = T.train_heads(cfg, data, T.lm_head_weight(model), progress=False, embed=T.embed_weight(model))
     first, last = sum(result.losses[:5]) / 5, sum(result.losses[-5:]) / 5
     assert last < 0.7 * first
     assert len(result.metrics["topk_accuracy"]) == 2 and len(result.metrics["topk_accuracy"][0]) == 10
@@ -156,6 +190,33 @@ def test_cli_writes_valid_heads_and_reuses_cache(tiny_model, data_file, tmp_path
     assert "read from" in capsys.readouterr().out
     own = load_heads_config(out)
     assert not own.shared_lm_head and own.dtype == "float32"
+
+
+def test_cli_conditioning_and_eval_data(tiny_model, data_file, tmp_path):
+    """--conditioning none writes Medusa heads; --eval-data reports accuracies on a second file."""
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps(r) + "\n" for r in _records(8)))
+    out = tmp_path / "heads"
+    assert train_main(_cli(tiny_model, data_file, out, tmp_path / "c", "--eval-data", str(other))) == 0
+    config = validate_heads_dir(out)
+    assert config.token_conditioned and config.extra["training"]["train_vocab"] == "seen"
+    extra = config.extra["eval_data"]
+    assert extra["file"] == str(other) and len(extra["top1"]) == 3 and 1 <= extra["chain_accept"] <= 4
+    assert config.extra["train_vocab_size"] < VOCAB
+    medusa = tmp_path / "medusa"
+    assert train_main(_cli(tiny_model, data_file, medusa, tmp_path / "c", "--conditioning", "none",
+                           "--train-vocab", "full")) == 0
+    config = validate_heads_dir(medusa)
+    assert not config.token_conditioned and config.extra["train_vocab_size"] == VOCAB
+
+
+def test_cli_bad_eval_data_fails_before_work(tiny_model, data_file, tmp_path, monkeypatch):
+    import vllm_nfoxhead.train as train_cli
+
+    monkeypatch.setattr(train_cli, "load_base", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
+    with pytest.raises(SystemExit, match="missing.jsonl does not exist"):
+        train_main(_cli(tiny_model, data_file, tmp_path / "h", tmp_path / "c", "--eval-data",
+                        str(tmp_path / "missing.jsonl")))
 
 
 def test_cli_refuses_existing_output(tiny_model, data_file, tmp_path):

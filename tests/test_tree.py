@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from vllm_nfoxhead.drafting import Drafter
+from vllm_nfoxhead.drafting import ChainDrafter, Drafter
 from vllm_nfoxhead.errors import NFoxHeadError
 from vllm_nfoxhead.tree import MAX_TREE_NODES, Tree, TreeDrafter, parse_tree
 from vllm_nfoxhead.tree_presets import PRESETS
@@ -172,6 +172,38 @@ def test_mc_sim_drafter_and_half_precision():
     top = logits.float().topk(10, dim=-1).indices
     expected = torch.stack([top[len(p) - 1, :, p[-1]] for p in tree.paths], dim=1)
     assert torch.equal(drafts, expected)
+
+
+def _context_step(vocab: int = 50):
+    """A HeadStep whose rank-r token is (sum of context + request row + r) mod vocab."""
+    def step(k, rows, context):
+        base = (context.sum(1) + rows) % vocab
+        logits = torch.zeros(len(rows), vocab)
+        for r in range(3):
+            logits[torch.arange(len(rows)), (base + r) % vocab] = 10.0 - r
+        return logits
+    return step
+
+
+def test_conditioned_tree_drafter_hand_checked():
+    """Each node's token comes from head d run on *its parent's* path."""
+    drafts = TreeDrafter(parse_tree(SMALL)).draft_conditioned(_context_step(), torch.tensor([1, 7]))
+    # Request 0, sampled token 1. [0]: 1+0=1, [1]: 2; [0,0],[0,1] from context (1,1): 2, 3;
+    # [1,0] from (1,2): 3; [0,0,0] from (1,1,2): 4. Request 1 adds row 1 to each sum.
+    assert drafts.tolist() == [[1, 2, 2, 3, 3, 4], [8, 9, 16, 17, 17, 32]]
+
+
+def test_conditioned_drafters_equal_medusa_when_heads_ignore_context():
+    torch.manual_seed(1)
+    logits = torch.randn(4, 3, 40)
+    step = lambda k, rows, context: logits[k][rows]  # noqa: E731
+    first = torch.tensor([5, 6, 7])
+    for spec in ("mc_sim_7b_63", SMALL):
+        drafter = TreeDrafter(parse_tree(spec))
+        assert torch.equal(drafter.draft_conditioned(step, first), drafter.draft(logits))
+    chain = ChainDrafter(4)
+    assert torch.equal(chain.draft_conditioned(step, first), chain.draft(logits))
+    assert chain.draft_conditioned(_context_step(), first, num_tokens=2).tolist() == [[5, 10], [7, 14], [9, 18]]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -34,6 +34,14 @@ def head_key(head: int, layer: int | None, name: str) -> str:
     return f"heads.{head}.res.{layer}.{name}"
 
 
+def fuse_key(head: int, offset: int) -> str:
+    """On-disk name of token-conditioned head k's input map for token t+1+offset: [H, H]."""
+    return f"heads.{head}.fuse.{offset}.weight"
+
+
+CONDITIONINGS = ("none", "tokens")
+
+
 @dataclass
 class HeadsConfig:
     """What `config.json` says about a set of heads."""
@@ -46,6 +54,10 @@ class HeadsConfig:
     base_model: str = ""
     dtype: str = "float32"
     tree: Any = None  # None, a preset name, or a list of rank paths
+    # "none": head k reads h_t only (Medusa). "tokens": head k also reads the
+    # input embeddings of tokens t+1..t+k+1 (the sampled token and the drafted
+    # ones before it), so drafting runs head by head (see heads.py).
+    conditioning: str = "none"
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. training metrics
@@ -77,6 +89,11 @@ class HeadsConfig:
                 f"{where}: unknown dtype {data.get('dtype')!r}",
                 f"use one of {', '.join(DTYPES)}",
             )
+        if data.get("conditioning", "none") not in CONDITIONINGS:
+            raise NFoxHeadError(
+                f"{where}: unknown conditioning {data.get('conditioning')!r}",
+                f"use one of {', '.join(CONDITIONINGS)}",
+            )
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data and k != "extra"}
         known["shared_lm_head"] = bool(known["shared_lm_head"])
         return cls(**known, extra=dict(data.get("extra", {})))
@@ -98,7 +115,14 @@ class HeadsConfig:
                 shapes[head_key(k, layer, "bias")] = (h,)
             if not self.shared_lm_head:
                 shapes[head_key(k, None, "weight")] = (v, h)
+            if self.token_conditioned:
+                for j in range(k + 1):
+                    shapes[fuse_key(k, j)] = (h, h)
         return shapes
+
+    @property
+    def token_conditioned(self) -> bool:
+        return self.conditioning == "tokens"
 
 
 def _heads_path(path: str | os.PathLike[str]) -> Path:

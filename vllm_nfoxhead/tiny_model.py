@@ -17,7 +17,7 @@ import torch
 from .format import HeadsConfig, save_heads
 from .heads import NFoxHeads
 from .staging import staged_directory
-from .training import IGNORE, head_losses
+from .training import IGNORE, context_tokens, head_losses
 
 CORPUS = (
     "the quick brown fox jumps over the lazy dog . a small model writes short text . "
@@ -76,7 +76,8 @@ def build_model(out_dir: Path, vocab_size: int = 384, seed: int = 0) -> None:
 
 @torch.no_grad()
 def greedy_hidden_states(model_dir: Path, prompts: list[str], new_tokens: int = 48):
-    """Greedy-continue each prompt; return post-norm hidden [T,H] and tokens [T] per sequence."""
+    """Greedy-continue each prompt; return post-norm hidden [T,H] and tokens [T] per sequence,
+    the LM head [V, H] and the input embeddings [V, H]."""
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
@@ -88,25 +89,31 @@ def greedy_hidden_states(model_dir: Path, prompts: list[str], new_tokens: int = 
                              eos_token_id=None, pad_token_id=1)
         hidden = model.model(seq).last_hidden_state[0]  # [T, H], post final norm
         out.append((hidden, seq[0]))
-    return out, model.lm_head.weight.detach().clone()
+    return out, model.lm_head.weight.detach().clone(), model.model.embed_tokens.weight.detach().clone()
 
 
 def fit_heads(sequences, lm_head: torch.Tensor, num_heads: int, steps: int = 300,
-              shared_lm_head: bool = False, seed: int = 0) -> NFoxHeads:
-    """Fit heads so head k predicts token t+k+2 from hidden state t."""
+              shared_lm_head: bool = False, seed: int = 0, embed: torch.Tensor | None = None) -> NFoxHeads:
+    """Fit heads so head k predicts token t+k+2 from hidden state t.
+
+    With `embed` [V, H] the heads are token-conditioned and see tokens t+1..t+k+1.
+    """
     hidden_size, vocab_size = lm_head.shape[1], lm_head.shape[0]
     config = HeadsConfig(num_heads=num_heads, num_layers=1, hidden_size=hidden_size,
-                         vocab_size=vocab_size, shared_lm_head=shared_lm_head)
+                         vocab_size=vocab_size, shared_lm_head=shared_lm_head,
+                         conditioning="none" if embed is None else "tokens")
     torch.manual_seed(seed)
     heads = NFoxHeads(config)
     if heads.lm_heads is not None:
         for proj in heads.lm_heads:
             proj.weight.data.copy_(lm_head)
     targets = [shifted_targets(tokens, num_heads) for _, tokens in sequences]  # [T, K] each
+    contexts = [None if embed is None else embed[context_tokens(tokens, num_heads)]  # [T, K, H]
+                for _, tokens in sequences]
     opt = torch.optim.Adam(heads.parameters(), lr=3e-3)
     for _ in range(steps):
-        loss = sum(head_losses(heads(hidden, lm_head), tgt).sum()
-                   for (hidden, _), tgt in zip(sequences, targets))
+        loss = sum(head_losses(heads(hidden, lm_head, context=ctx), tgt).sum()
+                   for (hidden, _), tgt, ctx in zip(sequences, targets, contexts))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -114,14 +121,15 @@ def fit_heads(sequences, lm_head: torch.Tensor, num_heads: int, steps: int = 300
 
 
 def write_fitted_heads(model_dir: Path, out_dir: Path, num_heads: int = 4, steps: int = 300,
-                       shared_lm_head: bool = False) -> Path:
+                       shared_lm_head: bool = False, conditioning: str = "none") -> Path:
     """Fit heads to the model's greedy continuations of SEED_PROMPTS and save them.
 
     Fewer `steps` give half-trained heads (top-1 right about 2/3 of the time at
     20 steps), which is where trees beat chains.
     """
-    sequences, lm_head = greedy_hidden_states(Path(model_dir), SEED_PROMPTS)
-    heads = fit_heads(sequences, lm_head, num_heads, steps=steps, shared_lm_head=shared_lm_head)
+    sequences, lm_head, embed = greedy_hidden_states(Path(model_dir), SEED_PROMPTS)
+    heads = fit_heads(sequences, lm_head, num_heads, steps=steps, shared_lm_head=shared_lm_head,
+                      embed=embed if conditioning == "tokens" else None)
     heads.config.base_model = "vllm-nfoxhead tiny llama (seed 0)"
     return save_heads(out_dir, heads.config, heads.state_dict_for_format())
 

@@ -2,11 +2,13 @@
 
     python -m vllm_nfoxhead.train --model DIR --data distill.jsonl --output HEADS_DIR \
         [--num-heads 4] [--num-layers 1] [--shared-lm-head | --own-lm-head] [--epochs 1] \
-        [--lr 1e-3] [--decay 0.8] [--batch-size 512] [--max-len 1024] [--device auto] [--seed 0]
+        [--lr 1e-3] [--decay 0.8] [--batch-size 512] [--max-len 1024] [--device auto] [--seed 0] \
+        [--conditioning tokens|none] [--train-vocab seen|full] [--eval-data other.jsonl]
 
 Steps: read the data, get the base model's hidden states (computed once, cached
 under --cache-dir), train (training.train_heads), evaluate on a held-out 5% of
-the sequences, write the heads directory with the metrics in config.json.
+the sequences (and on --eval-data, answers to other prompts), write the heads
+directory with the metrics in config.json.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from .errors import NFoxHeadError
 from .format import check_base_compat, validate_heads_dir
 from .smollm2 import CACHE_ENV
 from .training import (
-    Dataset, TrainConfig, build_targets, cache_key, cached_hidden_states,
-    data_summary, lm_head_weight, load_base, metrics_json, pick_device, read_sequences,
-    save_trained, seed_everything, train_heads,
+    Dataset, TrainConfig, cache_key, cached_hidden_states, data_summary, embed_weight, evaluate,
+    Sequences, lm_head_weight, load_base, metrics_json, pick_device, read_sequences, save_trained,
+    seed_everything, train_heads,
 )
 
 
@@ -48,6 +50,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="heads reuse the base LM head (default; small, fast on CPU)")
     g.add_argument("--own-lm-head", dest="shared_lm_head", action="store_false",
                    help="each head gets its own vocabulary projection, initialised from the base LM head")
+    p.add_argument("--conditioning", choices=("tokens", "none"), default=d.conditioning,
+                   help="tokens: each head also reads the embeddings of the tokens before its target "
+                        "(Hydra-style, drafted head by head; much better later heads); none: Medusa heads, "
+                        "which vLLM's own Medusa can also run (default %(default)s)")
+    p.add_argument("--train-vocab", choices=("seen", "full"), default=d.train_vocab,
+                   help="seen: softmax over the token ids that occur as targets in the training data "
+                        "(about 5x faster on SmolLM2; heads still predict over the full vocabulary); "
+                        "full: the whole vocabulary (default %(default)s)")
+    p.add_argument("--eval-data", default=None,
+                   help="a second datagen JSONL (answers to other prompts) to report accuracies on; "
+                        "the held-out split shares the training prompts' families, this does not")
     p.add_argument("--epochs", type=float, default=d.epochs, help="passes over the answer positions (may be fractional)")
     p.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate (default %(default)s)")
     p.add_argument("--decay", type=float, default=d.decay, help="loss weight of head k is decay^k")
@@ -94,29 +107,49 @@ def run(args: argparse.Namespace) -> Path:
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     seqs = read_sequences(args.data, cfg.max_len)
+    eval_seqs = read_sequences(args.eval_data, cfg.max_len) if args.eval_data else None
     info = data_summary(seqs)
     say(f"{info['sequences']} sequences, {info['tokens']} tokens ({info['answer_tokens']} in answers); device {device}")
     key = cache_key(args.data, args.model, cfg.max_len, cfg.base_dtype)
     cache = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
     model = load_base(args.model, device, cfg.base_dtype)
     lm_head = lm_head_weight(model).detach()  # [V, H]
-    check_data_fits(seqs, lm_head.shape[0], args.model)
+    for s in (seqs, eval_seqs):
+        if s is not None:
+            check_data_fits(s, lm_head.shape[0], args.model)
     t0, c0 = time.monotonic(), time.process_time()
     with tqdm(total=info["tokens"], desc="hidden states", unit="tok", disable=args.quiet) as bar:
         hidden, cached = cached_hidden_states(lambda: model, seqs, cache / f"{key}.safetensors", bar.update)
     say(f"hidden states {'read from' if cached else 'computed in'} {time.monotonic() - t0:.0f} s "
         f"(CPU {time.process_time() - c0:.0f} s; {cache / key}.safetensors)")
-    targets, seq = build_targets(seqs, cfg.num_heads, cfg.include_prompt)
+    embed = embed_weight(model).detach() if cfg.conditioning == "tokens" else None  # [V, H]
+    eval_data = _eval_dataset(args, cfg, eval_seqs, model, cache) if eval_seqs else None
+    data = Dataset.build(seqs, hidden, cfg.num_heads, cfg.include_prompt)
     t0, c0 = time.monotonic(), time.process_time()
-    result = train_heads(cfg, Dataset(hidden, targets, seq), lm_head, base_model=str(args.model),
-                         device=device, progress=not args.quiet)
+    result = train_heads(cfg, data, lm_head, base_model=str(args.model), device=device,
+                         progress=not args.quiet, embed=embed)
     result.metrics["train_seconds"] = round(time.monotonic() - t0, 1)
     say(f"trained {result.metrics['steps']} steps in {result.metrics['train_seconds']:.0f} s "
         f"(CPU {time.process_time() - c0:.0f} s); eval {metrics_json(result.metrics)}")
+    if eval_data is not None:
+        rows = torch.arange(len(eval_data.seq))
+        m = evaluate(result.heads.to(device), eval_data, rows, lm_head.to(device, torch.float32),
+                     cfg.batch_size, device, cfg.amp, None if embed is None else embed.to(device, torch.float32))
+        result.heads.cpu()
+        result.metrics["eval_data"] = {"file": str(args.eval_data), **m}
+        say(f"on {args.eval_data}: {metrics_json(m)}")
     path = save_trained(out, result, cfg, overwrite=args.force)
     check_base_compat(validate_heads_dir(path), model.config.hidden_size, lm_head.shape[0], str(args.model))
     say(f"wrote {path}")
     return path
+
+
+def _eval_dataset(args: argparse.Namespace, cfg: TrainConfig, seqs: Sequences, model: torch.nn.Module,
+                  cache: Path) -> Dataset:
+    """Hidden states and targets of --eval-data (cached like the training data)."""
+    key = cache_key(args.eval_data, args.model, cfg.max_len, cfg.base_dtype)
+    hidden, _ = cached_hidden_states(lambda: model, seqs, cache / f"{key}.safetensors")
+    return Dataset.build(seqs, hidden, cfg.num_heads, cfg.include_prompt)
 
 
 def check_data_fits(seqs, vocab_size: int, model_dir: str) -> None:

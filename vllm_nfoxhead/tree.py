@@ -2,9 +2,11 @@
 
 Notation (Medusa's `medusa_choices`): a tree is a list of rank paths; [a, b, c]
 is the top-a token of head 0, then the top-b token of head 1, then the top-c of
-head 2 (0-based ranks). A node's token depends only on (depth, last rank): heads
-are not conditioned on the parent, so two nodes with the same depth and last
-rank carry the same token on different branches.
+head 2 (0-based ranks). With Medusa heads a node's token depends only on (depth,
+last rank): heads are not conditioned on the parent, so two nodes with the same
+depth and last rank carry the same token on different branches. With
+token-conditioned heads, head d runs once per node of depth d that has children,
+given that node's path, so every branch gets its own candidates.
 
 Indexing convention used everywhere in this package:
   * The ROOT is the token already sampled at the end of the previous step (the
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from vllm_nfoxhead.drafting import HeadStep
 from vllm_nfoxhead.errors import NFoxHeadError
 from vllm_nfoxhead.tree_presets import PRESETS
 
@@ -230,3 +233,46 @@ class TreeDrafter:
         top = heads.topk(b.width, dim=-1).indices           # [D, B, k]
         flat = top.permute(1, 0, 2).reshape(heads.shape[1], -1)  # [B, D*k]
         return flat[:, b.topk_index]                          # [B, N]
+
+    def draft_conditioned(self, step: HeadStep, first: torch.Tensor) -> torch.Tensor:
+        """first [B] int64 (the sampled token t+1) -> draft tokens [B, N] int64.
+
+        Level by level: head d runs for every (request, parent) pair, where the
+        parents are the root and the depth-d nodes that have children, with the
+        parent's path as context; its top-k fill the parent's children.
+        """
+        b, batch = self.tree.buffers(first.device), len(first)
+        tokens = torch.zeros(batch, b.num_nodes, dtype=torch.long, device=first.device)
+        for d, (parent_rows, child_pairs) in enumerate(_levels(self.tree.paths)):
+            p = len(parent_rows)
+            context = torch.empty(batch, p, d + 1, dtype=torch.long, device=first.device)
+            context[:, :, 0] = first.view(-1, 1)
+            if d > 0:  # parents are nodes at depth d: their path tokens
+                paths = b.node_paths[torch.tensor(parent_rows, device=first.device) - 1, :d]  # [P, d]
+                context[:, :, 1:] = tokens[:, paths]
+            rows = torch.arange(batch, device=first.device).repeat_interleave(p)  # [B*P]
+            logits = step(d, rows, context.view(batch * p, d + 1))  # [B*P, V]
+            top = logits.topk(b.width, dim=-1).indices.view(batch, p * b.width)  # [B, P*k]
+            src, dst = child_pairs
+            tokens[:, dst] = top[:, src]
+        return tokens
+
+
+@functools.lru_cache(maxsize=64)
+def _levels(paths: tuple[Path, ...]) -> list[tuple[list[int], tuple[list[int], list[int]]]]:
+    """Per depth d: parent rows (0 = root, i+1 = node i) whose children take head d's
+    top-k, and (index into the flattened [P*k] top-k, child node index) pairs."""
+    index = {p: i for i, p in enumerate(paths)}
+    width = 1 + max(max(p) for p in paths)
+    levels = []
+    for d in range(len(paths[-1])):
+        parents = sorted({p[:-1] for p in paths if len(p) == d + 1})
+        rows = [0 if not q else index[q] + 1 for q in parents]
+        src, dst = [], []
+        for j, q in enumerate(parents):
+            for p in paths:
+                if len(p) == d + 1 and p[:-1] == q:
+                    src.append(j * width + p[-1])
+                    dst.append(index[p])
+        levels.append((rows, (src, dst)))
+    return levels

@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 from pathlib import Path
 
@@ -25,6 +26,7 @@ CACHE = Path(os.environ.get("VLLM_NFOXHEAD_CACHE", "~/.cache/vllm-nfoxhead")).ex
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_PROMPTS = REPO / "data" / "prompts" / "bench.jsonl"
 SHIPPED_HEADS = REPO / "heads" / "smollm2-nfoxhead"
+SHIPPED_MEDUSA_HEADS = REPO / "heads" / "smollm2-medusa"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,6 +40,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="use the tiny random test model and its fitted heads instead (a plumbing check, seconds)")
     p.add_argument("--prompts", type=Path, help="JSONL with a 'prompt' per line (default: data/prompts/bench.jsonl; "
                    "for the tiny default model, its own prompts)")
+    p.add_argument("--medusa-heads", type=Path, default=None,
+                   help="Medusa heads (conditioning none) for the vllm-medusa method, also run as "
+                        "'nfoxhead-chain[medusa-heads]' for a same-heads comparison (default with the default "
+                        f"model: {SHIPPED_MEDUSA_HEADS}; else --heads when they are Medusa heads)")
     p.add_argument("--num-prompts", type=int, default=40, help="first N prompts of the file (default 40)")
     p.add_argument("--max-tokens", type=int, default=128, help="tokens generated per prompt (default 128)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16],
@@ -108,12 +114,33 @@ def choose_methods(args: argparse.Namespace, model: Path, heads: Path, workdir: 
     methods = [Method("plain", None)]
     if "ngram" in wanted:
         methods.append(ngram_method(k))
-    if "vllm-medusa" in wanted and (m := vllm_medusa_method(model, heads, workdir)) is not None:
-        methods.append(m)
+    medusa = medusa_heads(args, heads)
+    if "vllm-medusa" in wanted:
+        if medusa is None:
+            print(f"note: {heads} are token-conditioned, which vLLM's Medusa cannot run, and no "
+                  "--medusa-heads were given: skipping vllm-medusa", file=sys.stderr)
+        elif (m := vllm_medusa_method(model, medusa, workdir)) is not None:
+            methods.append(m)
     if "nfoxhead" in wanted:
         policies = ("auto", "off") if args.load_policy == "both" else (args.load_policy,)
         methods += nfoxhead_methods(heads, args.trees, args.num_speculative_tokens, policies)
+        if medusa is not None and medusa.resolve() != heads.resolve():
+            methods += nfoxhead_methods(medusa, [], args.num_speculative_tokens, policies, label="medusa-heads")
     return methods
+
+
+def medusa_heads(args: argparse.Namespace, heads: Path) -> Path | None:
+    """Heads vLLM's Medusa can run: --medusa-heads, the shipped ones, or --heads if Medusa-style."""
+    from ..format import validate_heads_dir
+
+    if args.medusa_heads is not None:
+        if validate_heads_dir(args.medusa_heads).token_conditioned:
+            raise NFoxHeadError(f"--medusa-heads {args.medusa_heads} are token-conditioned",
+                                "pass heads trained with `--conditioning none`")
+        return args.medusa_heads
+    if args.model is None and not args.tiny and (SHIPPED_MEDUSA_HEADS / "config.json").is_file():
+        return SHIPPED_MEDUSA_HEADS
+    return None if validate_heads_dir(heads).token_conditioned else heads
 
 
 def resolve_model(args: argparse.Namespace) -> tuple[Path, Path]:

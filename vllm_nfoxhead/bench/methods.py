@@ -17,13 +17,17 @@ class Method:
 
 
 def nfoxhead_methods(heads: Path, trees: list[Any], num_tokens: int | None,
-                     load_policies: tuple[str, ...] = ("auto",)) -> list[Method]:
-    """The chain and each tree, once per load policy ('off' variants are named '... policy-off')."""
+                     load_policies: tuple[str, ...] = ("auto",), label: str = "") -> list[Method]:
+    """The chain and each tree, once per load policy ('off' variants are named '... policy-off').
+
+    `label` tells apart a second set of heads ('nfoxhead-chain[medusa-heads]')."""
     chain: dict[str, Any] = {"model": f"nfoxhead:{heads}", "tree": "chain"}  # even if the heads name a tree
     if num_tokens:
         chain["num_speculative_tokens"] = num_tokens
     base = [("nfoxhead-chain", chain)]
     base += [(tree_method_name(t), {"model": f"nfoxhead:{heads}", "tree": t}) for t in trees]
+    if label:
+        base = [(f"{name}[{label}]", spec) for name, spec in base]
     return [Method(name if policy == "auto" else f"{name} policy-{policy}", {**spec, "load_policy": policy})
             for name, spec in base for policy in load_policies]
 
@@ -43,7 +47,7 @@ def ngram_method(num_tokens: int) -> Method:
 
 
 def vllm_medusa_method(model: Path, heads: Path, workdir: Path) -> Method | None:
-    """vLLM 0.32's built-in Medusa (chain) with the same heads, written by the converter's writer."""
+    """vLLM 0.32's built-in Medusa (chain) with Medusa heads, written by the converter's writer."""
     import vllm
 
     if not vllm.__version__.startswith("0.32"):

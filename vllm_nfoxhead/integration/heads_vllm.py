@@ -24,7 +24,8 @@ class VllmNFoxHeads(nn.Module):
 
         self.config = config
         self.target_model = [target_model]  # a list: not registered as a submodule
-        self.residual = ResidualStack(config.num_heads, config.num_layers, config.hidden_size)
+        self.residual = ResidualStack(config.num_heads, config.num_layers, config.hidden_size,
+                                      config.token_conditioned)
         self.lm_heads: nn.ModuleList | None = None
         if not config.shared_lm_head:
             self.lm_heads = nn.ModuleList(
@@ -54,7 +55,7 @@ class VllmNFoxHeads(nn.Module):
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor, num_heads: int) -> torch.Tensor:
-        """hidden [B, H] -> logits of the first `num_heads` heads [K, B, V]."""
+        """Medusa heads: hidden [B, H] -> logits of the first `num_heads` heads [K, B, V]."""
         heads = self.residual.heads[:num_heads]
         states = torch.stack([head(hidden) for head in heads])  # [K, B, H]
         if self.lm_heads is None:
@@ -64,3 +65,17 @@ class VllmNFoxHeads(nn.Module):
         return torch.stack(
             [self.logits_processor(self.lm_heads[i], states[i]) for i in range(num_heads)]
         )
+
+    @torch.inference_mode()
+    def head_logits(self, k: int, hidden: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Token-conditioned head k: hidden [M, H], context token ids [M, k+1] -> logits [M, V].
+
+        The context embeddings come from the target model's own embedding layer
+        (`embed_input_ids`), as in training.
+        """
+        m, j = context.shape
+        embeds = self.target_model[0].embed_input_ids(context.reshape(-1)).view(m, j, -1)  # [M, k+1, H]
+        state = self.residual.head_state(k, hidden, embeds.to(hidden.dtype))  # [M, H]
+        if self.lm_heads is None:
+            return self.target_model[0].compute_logits(state)
+        return self.logits_processor(self.lm_heads[k], state)

@@ -12,6 +12,7 @@ nodes in parent-first order; requests whose sampling needs a chain
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -144,21 +145,51 @@ class NFoxHeadProposer:
         if plan is None:
             return [[] for _ in sampled_token_ids]  # speculation would cost more than it gains
         use_tree, chain_len = plan
-        num_heads = max(self.tree.num_heads_used if use_tree else 0, chain_len)
-        logits = self.heads.logits(hidden, num_heads)  # [K, B, V]
-        tree_drafts = self.tree.draft(logits).tolist() if use_tree else None
-        chain_drafts = self.chain.draft(logits).tolist()
+        tree_rows = [i for i, ok in enumerate(self._has_token) if ok and use_tree and self._wants_tree[i]]
+        chain_rows = [i for i, ok in enumerate(self._has_token) if ok and i not in set(tree_rows)]
+        if self.heads_config.token_conditioned:
+            drafts = self._draft_conditioned(hidden, sampled_token_ids, tree_rows, chain_rows, chain_len)
+        else:
+            drafts = self._draft_medusa(hidden, tree_rows, chain_rows, chain_len)
         out: list[list[int]] = []
         for i, req_id in enumerate(self._req_ids):
             room = max(self.max_model_len - int(num_tokens_no_spec[i]), 0)
-            if not self._has_token[i]:
-                out.append([])
-            elif tree_drafts is not None and self._wants_tree[i]:
-                out.append(tree_drafts[i][:room])
+            out.append(drafts.get(i, [])[:room])
+            if i in tree_rows:
                 self.tree_of[req_id] = self.tree.tree
-            else:
-                out.append(chain_drafts[i][:min(room, chain_len)])
         return out
+
+    def _draft_medusa(self, hidden: torch.Tensor, tree_rows: list[int], chain_rows: list[int],
+                      chain_len: int) -> dict[int, list[int]]:
+        """Medusa heads: every head runs once on every request's hidden state [B, H]."""
+        num_heads = max(self.tree.num_heads_used if tree_rows else 0, chain_len if chain_rows else 0)
+        logits = self.heads.logits(hidden, num_heads)  # [K, B, V]
+        drafts: dict[int, list[int]] = {}
+        if tree_rows:
+            tree_drafts = self.tree.draft(logits).tolist()
+            drafts.update({i: tree_drafts[i] for i in tree_rows})
+        if chain_rows:
+            chain_drafts = ChainDrafter(chain_len).draft(logits).tolist()
+            drafts.update({i: chain_drafts[i] for i in chain_rows})
+        return drafts
+
+    def _draft_conditioned(self, hidden: torch.Tensor, sampled_token_ids: list[list[int]],
+                           tree_rows: list[int], chain_rows: list[int], chain_len: int) -> dict[int, list[int]]:
+        """Token-conditioned heads: head by head, from each request's sampled token."""
+        first = torch.tensor([t[-1] if t else 0 for t in sampled_token_ids], device=hidden.device)
+        drafts: dict[int, list[int]] = {}
+        for rows, draft in ((tree_rows, self.tree.draft_conditioned if self.tree else None),
+                            (chain_rows, functools.partial(self.chain.draft_conditioned, num_tokens=chain_len))):
+            if not rows:
+                continue
+            index = torch.tensor(rows, device=hidden.device)
+            h = hidden.index_select(0, index)  # [R, H]
+
+            def step(k: int, r: torch.Tensor, context: torch.Tensor, h: torch.Tensor = h) -> torch.Tensor:
+                return self.heads.head_logits(k, h.index_select(0, r), context)
+
+            drafts.update(zip(rows, draft(step, first.index_select(0, index)).tolist()))
+        return drafts
 
 
 def tree_eligible(batch: Any, i: int) -> bool:
