@@ -42,12 +42,17 @@ class ChainDrafter:
         # [K, B, V] -> [K, B] -> [B, K]
         return head_logits[: self.num_heads_used].argmax(dim=-1).T.contiguous()
 
-    def draft_conditioned(self, step: HeadStep, first: torch.Tensor, num_tokens: int | None = None) -> torch.Tensor:
-        """first [B] int64 (the sampled token t+1) -> draft tokens [B, n], one head at a time."""
+    def draft_conditioned(self, step: HeadStep, first: torch.Tensor, num_tokens: int | None = None,
+                          vocab: torch.Tensor | None = None) -> torch.Tensor:
+        """first [B] int64 (the sampled token t+1) -> draft tokens [B, n], one head at a time.
+
+        vocab [V'] int64: token id of each logit column when `step` scores a draft vocabulary.
+        """
         context = first.view(-1, 1)  # [B, 1]
         rows = torch.arange(len(first), device=first.device)
         for k in range(num_tokens or self.num_heads_used):
             token = step(k, rows, context).argmax(dim=-1)  # [B]
+            token = token if vocab is None else vocab[token]
             context = torch.cat([context, token.view(-1, 1)], dim=1)
         return context[:, 1:].contiguous()
 

@@ -40,6 +40,7 @@ def fuse_key(head: int, offset: int) -> str:
 
 
 CONDITIONINGS = ("none", "tokens")
+DRAFT_VOCAB_KEY = "draft_vocab"  # int64 [V'] sorted token ids
 
 
 @dataclass
@@ -58,6 +59,10 @@ class HeadsConfig:
     # input embeddings of tokens t+1..t+k+1 (the sampled token and the drafted
     # ones before it), so drafting runs head by head (see heads.py).
     conditioning: str = "none"
+    # Token ids the heads draft from (a `draft_vocab` tensor in model.safetensors):
+    # the ids seen in training, so that drafting projects onto a few thousand
+    # rows of the LM head instead of all of them. None: the full vocabulary.
+    draft_vocab_size: int | None = None
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. training metrics
@@ -78,6 +83,10 @@ class HeadsConfig:
                 f"{where} has format {data.get('format')!r}, not {FORMAT_NAME!r}",
                 "convert the checkpoint with `python -m conversion.to_vllm`",
             )
+        dv = data.get("draft_vocab_size")
+        if dv is not None and (not isinstance(dv, int) or not 1 <= dv <= data["vocab_size"]):
+            raise NFoxHeadError(f"{where}: draft_vocab_size must be an integer from 1 to vocab_size, got {dv!r}",
+                                "set it to the length of the draft_vocab tensor, or remove it")
         for key in ("num_heads", "num_layers", "hidden_size", "vocab_size"):
             if not isinstance(data[key], int) or data[key] < 1:
                 raise NFoxHeadError(
@@ -118,6 +127,8 @@ class HeadsConfig:
             if self.token_conditioned:
                 for j in range(k + 1):
                     shapes[fuse_key(k, j)] = (h, h)
+        if self.draft_vocab_size:
+            shapes[DRAFT_VOCAB_KEY] = (self.draft_vocab_size,)
         return shapes
 
     @property
@@ -210,7 +221,20 @@ def read_heads_tensors(path: str | os.PathLike[str], config: HeadsConfig) -> dic
     wfile = _heads_path(path) / WEIGHTS_FILE
     names = config.expected_shapes()
     with safe_open(str(wfile), framework="pt") as f:
-        return {name: f.get_tensor(name) for name in names}
+        tensors = {name: f.get_tensor(name) for name in names}
+    if DRAFT_VOCAB_KEY in tensors:
+        check_draft_vocab(tensors[DRAFT_VOCAB_KEY], config, wfile)
+    return tensors
+
+
+def check_draft_vocab(ids: torch.Tensor, config: HeadsConfig, where: object) -> None:
+    """The draft vocabulary must be sorted, distinct int64 ids inside the vocabulary."""
+    ok = (ids.dtype == torch.int64 and (len(ids) < 2 or bool((ids[1:] > ids[:-1]).all()))
+          and int(ids.min()) >= 0 and int(ids.max()) < config.vocab_size)
+    if not ok:
+        raise NFoxHeadError(f"{where}: draft_vocab is not a sorted list of distinct int64 token ids "
+                            f"below {config.vocab_size}",
+                            "re-create the heads with `python -m vllm_nfoxhead.train`")
 
 
 def save_heads(
@@ -233,7 +257,8 @@ def save_heads(
     with staged_directory(dest) as tmp:
         dtype = config.torch_dtype
         save_file(
-            {k: v.detach().to("cpu", dtype).contiguous() for k, v in tensors.items()},
+            {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+             for k, v in tensors.items()},
             str(tmp / WEIGHTS_FILE),
             metadata={"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)},
         )

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .format import HeadsConfig, fuse_key, head_key
+from .format import DRAFT_VOCAB_KEY, HeadsConfig, fuse_key, head_key
 
 
 class ResBlock(nn.Module):
@@ -121,6 +121,12 @@ class NFoxHeads(nn.Module):
                 nn.Linear(config.hidden_size, config.vocab_size, bias=False)
                 for _ in range(config.num_heads)
             )
+        # [V'] int64: the ids drafting may propose (format.HeadsConfig.draft_vocab_size)
+        self.draft_vocab: torch.Tensor | None = None
+
+    def set_draft_vocab(self, ids: torch.Tensor | None) -> None:
+        self.draft_vocab = None if ids is None else ids.detach().to("cpu", torch.long)
+        self.config.draft_vocab_size = None if ids is None else len(ids)
 
     def forward(
         self, hidden: torch.Tensor, base_lm_head: torch.Tensor | None = None,
@@ -160,6 +166,8 @@ class NFoxHeads(nn.Module):
         if self.lm_heads is not None:
             for k, proj in enumerate(self.lm_heads):
                 out[head_key(k, None, "weight")] = proj.weight
+        if self.draft_vocab is not None:
+            out[DRAFT_VOCAB_KEY] = self.draft_vocab
         return {name: t.detach().contiguous() for name, t in out.items()}
 
     def load_format_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
@@ -168,3 +176,4 @@ class NFoxHeads(nn.Module):
         if self.lm_heads is not None:
             for k, proj in enumerate(self.lm_heads):
                 proj.weight.data.copy_(tensors[head_key(k, None, "weight")])
+        self.draft_vocab = tensors.get(DRAFT_VOCAB_KEY)

@@ -130,6 +130,8 @@ def write_fitted_heads(model_dir: Path, out_dir: Path, num_heads: int = 4, steps
     sequences, lm_head, embed = greedy_hidden_states(Path(model_dir), SEED_PROMPTS)
     heads = fit_heads(sequences, lm_head, num_heads, steps=steps, shared_lm_head=shared_lm_head,
                       embed=embed if conditioning == "tokens" else None)
+    if conditioning == "tokens":  # draft from the tokens the heads were fitted on, as training does
+        heads.set_draft_vocab(torch.unique(torch.cat([tokens for _, tokens in sequences])))
     heads.config.base_model = "vllm-nfoxhead tiny llama (seed 0)"
     return save_heads(out_dir, heads.config, heads.state_dict_for_format())
 

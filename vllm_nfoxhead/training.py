@@ -432,6 +432,7 @@ def train_heads(
         sched.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.3f}", acc1=_acc1_text(logits, tgt))
+    heads.set_draft_vocab(vocab)  # drafting proposes what training could predict
     metrics = {"steps": steps, "train_positions": len(train_rows), "final_train_loss": round(losses[-1], 4),
                "train_vocab_size": lm_head.shape[0] if vocab is None else len(vocab)}
     if len(eval_rows):

@@ -234,8 +234,11 @@ class TreeDrafter:
         flat = top.permute(1, 0, 2).reshape(heads.shape[1], -1)  # [B, D*k]
         return flat[:, b.topk_index]                          # [B, N]
 
-    def draft_conditioned(self, step: HeadStep, first: torch.Tensor) -> torch.Tensor:
+    def draft_conditioned(self, step: HeadStep, first: torch.Tensor,
+                          vocab: torch.Tensor | None = None) -> torch.Tensor:
         """first [B] int64 (the sampled token t+1) -> draft tokens [B, N] int64.
+
+        vocab [V'] int64: token id of each logit column when `step` scores a draft vocabulary.
 
         Level by level: head d runs for every (request, parent) pair, where the
         parents are the root and the depth-d nodes that have children, with the
@@ -253,6 +256,7 @@ class TreeDrafter:
             rows = torch.arange(batch, device=first.device).repeat_interleave(p)  # [B*P]
             logits = step(d, rows, context.view(batch * p, d + 1))  # [B*P, V]
             top = logits.topk(b.width, dim=-1).indices.view(batch, p * b.width)  # [B, P*k]
+            top = top if vocab is None else vocab[top]
             src, dst = child_pairs
             tokens[:, dst] = top[:, src]
         return tokens

@@ -69,16 +69,14 @@ def tree_rows_attention(impl: Any, layout: KVLayout, req: TreeRequest, query: to
                         block_row: torch.Tensor) -> torch.Tensor:
     """Attention output of one tree request's rows: [n+1, H_q * D]."""
     rows = slice(req.start, req.start + req.num_rows)
-    q = query[rows].float()  # [n+1, H_q, D]
+    q = query[rows]  # [n+1, H_q, D], the model's dtype (SDPA accumulates in float32)
     k_pre, v_pre = prefix_kv(layout, kv_cache, block_row, req.ctx)
-    k = torch.cat([k_pre.float(), key[rows].float()])  # [ctx+n+1, H_kv, D]
-    v = torch.cat([v_pre.float(), value[rows].float()])
-    group = q.shape[1] // k.shape[1]
-    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    k = torch.cat([k_pre.to(q.dtype), key[rows]])  # [ctx+n+1, H_kv, D]
+    v = torch.cat([v_pre.to(q.dtype), value[rows]])
     mask = torch.cat([torch.ones(req.num_rows, req.ctx, dtype=torch.bool), req.mask], dim=1)
     out = torch.nn.functional.scaled_dot_product_attention(
         q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
-        attn_mask=mask.to(q.device), scale=impl.scale,
+        attn_mask=mask.to(q.device), scale=impl.scale, enable_gqa=q.shape[1] != k.shape[1],
     )  # [H_q, n+1, D]
     return out.transpose(0, 1).reshape(req.num_rows, -1)
 

@@ -3,6 +3,13 @@
 The vocabulary projection uses vLLM's ParallelLMHead/LogitsProcessor (vocab
 sharded under tensor parallelism); heads that share the base LM head call the
 target model's own `compute_logits`, which also applies its logit scaling.
+
+Heads with a draft vocabulary (format `draft_vocab`, FR-Spec's trick) project
+token-conditioned head states onto those rows only: a `ParallelLMHead` of V'
+rows copied from the (shared or own) LM head, run through vLLM's own GEMM path.
+Drafting is then about V/V' times cheaper; only ids in the draft vocabulary can
+be proposed. Logit scaling and soft-capping are monotonic, so the top-k within
+the subset match the full projection's ordering.
 """
 
 from __future__ import annotations
@@ -10,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..format import HeadsConfig, head_key, read_heads_tensors
+from ..format import DRAFT_VOCAB_KEY, HeadsConfig, head_key, read_heads_tensors
 from ..heads import ResidualStack
 
 
@@ -34,6 +41,14 @@ class VllmNFoxHeads(nn.Module):
                 for k in range(config.num_heads)
             )
             self.logits_processor = LogitsProcessor(config.vocab_size)
+        self.draft_heads: nn.ModuleList | None = None
+        if config.draft_vocab_size and config.token_conditioned:
+            n = 1 if config.shared_lm_head else config.num_heads
+            self.draft_heads = nn.ModuleList(
+                ParallelLMHead(config.draft_vocab_size, config.hidden_size, params_dtype=dtype,
+                               prefix=f"nfoxhead.draft_heads.{k}") for k in range(n))
+            self.draft_logits = LogitsProcessor(config.draft_vocab_size)
+        self.register_buffer("draft_vocab", None, persistent=False)  # [V'] int64 on the device
         self.to(dtype)
 
     def load_weights(self, heads_dir: str) -> None:
@@ -52,6 +67,24 @@ class VllmNFoxHeads(nn.Module):
                 # vLLM's own loader does this after loading (e.g. the CPU build
                 # binds its GEMM kernel here: `cpu_linear`).
                 lm_head.quant_method.process_weights_after_loading(lm_head)
+        if self.draft_heads is not None:
+            self._load_draft_heads(tensors)
+
+    def _load_draft_heads(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Copy the draft-vocabulary rows of the LM head(s) into the draft heads."""
+        device = next(self.residual.parameters()).device
+        ids = tensors[DRAFT_VOCAB_KEY].to(device)
+        self.draft_vocab = ids
+        for k, draft in enumerate(self.draft_heads):
+            full = (self.target_model[0].lm_head.weight if self.lm_heads is None
+                    else tensors[head_key(k, None, "weight")].to(device))
+            rows = full.index_select(0, ids).to(draft.weight.dtype)  # [V', H]
+            loader = getattr(draft.weight, "weight_loader", None)
+            if loader is None:
+                draft.weight.data.copy_(rows)
+            else:
+                loader(draft.weight, rows)
+            draft.quant_method.process_weights_after_loading(draft)
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -68,7 +101,8 @@ class VllmNFoxHeads(nn.Module):
 
     @torch.inference_mode()
     def head_logits(self, k: int, hidden: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """Token-conditioned head k: hidden [M, H], context token ids [M, k+1] -> logits [M, V].
+        """Token-conditioned head k: hidden [M, H], context token ids [M, k+1] -> logits [M, V]
+        (or [M, V'] over `draft_vocab` when the heads have one).
 
         The context embeddings come from the target model's own embedding layer
         (`embed_input_ids`), as in training.
@@ -76,6 +110,8 @@ class VllmNFoxHeads(nn.Module):
         m, j = context.shape
         embeds = self.target_model[0].embed_input_ids(context.reshape(-1)).view(m, j, -1)  # [M, k+1, H]
         state = self.residual.head_state(k, hidden, embeds.to(hidden.dtype))  # [M, H]
+        if self.draft_heads is not None:  # [M, V'] over self.draft_vocab
+            return self.draft_logits(self.draft_heads[0 if self.lm_heads is None else k], state)
         if self.lm_heads is None:
             return self.target_model[0].compute_logits(state)
         return self.logits_processor(self.lm_heads[k], state)

@@ -177,9 +177,12 @@ class NFoxHeadProposer:
                            tree_rows: list[int], chain_rows: list[int], chain_len: int) -> dict[int, list[int]]:
         """Token-conditioned heads: head by head, from each request's sampled token."""
         first = torch.tensor([t[-1] if t else 0 for t in sampled_token_ids], device=hidden.device)
+        vocab = self.heads.draft_vocab  # [V'] or None
         drafts: dict[int, list[int]] = {}
-        for rows, draft in ((tree_rows, self.tree.draft_conditioned if self.tree else None),
-                            (chain_rows, functools.partial(self.chain.draft_conditioned, num_tokens=chain_len))):
+        for rows, draft in ((tree_rows, functools.partial(self.tree.draft_conditioned, vocab=vocab)
+                             if self.tree else None),
+                            (chain_rows, functools.partial(self.chain.draft_conditioned, num_tokens=chain_len,
+                                                           vocab=vocab))):
             if not rows:
                 continue
             index = torch.tensor(rows, device=hidden.device)
