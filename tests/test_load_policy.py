@@ -58,3 +58,13 @@ def test_describe_names_the_ranges():
 def test_bad_cost_tables_are_refused(table):
     with pytest.raises(NFoxHeadError, match="cost table"):
         LoadPolicy(ACC, table, 4)
+
+
+def test_tree_overhead_moves_batch_one_to_the_chain():
+    """Tree verification's own cost (CPU mask fix-up) is charged per tree request."""
+    free = LoadPolicy(ACC, CPU_DEFAULT_COST, 4, TREE)
+    assert free.choose(1).kind == "tree"
+    costly = LoadPolicy(ACC, CPU_DEFAULT_COST, 4, TREE, tree_overhead=1.1)
+    assert costly.choose(1).kind == "chain"
+    tree = next(s for s in costly.shapes if s.kind == "tree")
+    assert costly.rate(tree, 2) == pytest.approx(2 * tree.expected_tokens / (costly.cost(16) + 2.2))

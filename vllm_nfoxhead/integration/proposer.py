@@ -23,7 +23,7 @@ from torch import nn
 from ..drafting import ChainDrafter
 from ..tree import Tree, TreeDrafter, parse_tree
 from ..format import validate_heads_dir
-from ..load_policy import CPU_DEFAULT_COST, LoadPolicy
+from ..load_policy import CPU_DEFAULT_COST, CPU_TREE_OVERHEAD, LoadPolicy
 from .options import NFoxHeadOptions, tree_backend_ok
 from .tree_step import current_step, set_current_step
 
@@ -74,7 +74,8 @@ class NFoxHeadProposer:
         if self.options.load_policy == "off" or accuracy is None or costs is None:
             return None
         paths = self.tree.tree.paths if self.tree else None
-        return LoadPolicy(accuracy, costs, self.chain.num_heads_used, paths)
+        overhead = CPU_TREE_OVERHEAD if current_platform.is_cpu() else 0.0
+        return LoadPolicy(accuracy, costs, self.chain.num_heads_used, paths, tree_overhead=overhead)
 
     def load_model(self, target_model: nn.Module) -> None:
         from .heads_vllm import VllmNFoxHeads
