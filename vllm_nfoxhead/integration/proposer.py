@@ -74,7 +74,9 @@ class NFoxHeadProposer:
         if self.options.load_policy == "off" or accuracy is None or costs is None:
             return None
         paths = self.tree.tree.paths if self.tree else None
-        overhead = CPU_TREE_OVERHEAD if current_platform.is_cpu() else 0.0
+        # The tree overhead was measured together with the default CPU table; a user's
+        # own table is taken as complete.
+        overhead = CPU_TREE_OVERHEAD if current_platform.is_cpu() and not self.options.cost_table else 0.0
         return LoadPolicy(accuracy, costs, self.chain.num_heads_used, paths, tree_overhead=overhead)
 
     def load_model(self, target_model: nn.Module) -> None:
