@@ -42,6 +42,9 @@ def test_conditioned_heads_greedy_equal(tiny_assets, conditioned_heads, plain_ou
         drafts = metric(llm, "vllm:spec_decode_num_drafts").value
         # Heads fitted to the model's continuations: far above what chance allows
         # (vocabulary 384), so the drafted tokens really come from the heads.
+        # Not a check of the context tokens: with the first context token forced to 0
+        # this bound still held (1.68 against 1.72), since these tiny heads lean on the
+        # hidden state. The core drafting tests check the context hand by hand.
         assert 1 + accepted / drafts > 1.5, (accepted, drafts)
     finally:
         llm.llm_engine.engine_core.shutdown()

@@ -411,6 +411,10 @@ def train_heads(
         raise NFoxHeadError("no training positions with a target", "give longer answers or fewer heads")
     vocab, targets = training_vocab(cfg.train_vocab, data.targets, train_rows, lm_head.shape[0])
     vocab = None if vocab is None else vocab.to(device)
+    # A shared LM head is frozen: cut its rows once, not per step and head.
+    train_lm_head, step_vocab = lm_head, vocab
+    if vocab is not None and heads.lm_heads is None:
+        train_lm_head, step_vocab = lm_head[vocab], None
     steps = max(1, math.ceil(cfg.epochs * len(train_rows) / cfg.batch_size))
     opt = torch.optim.AdamW(heads.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warm = max(1, round(cfg.warmup * steps))
@@ -423,7 +427,7 @@ def train_heads(
         rows = next(order)
         tgt = targets[rows].to(device)  # [B, K], ids into `vocab` when restricted
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-            logits = _forward(heads, data, rows, device, lm_head, embed, vocab)  # [K, B, V'], bf16 under amp
+            logits = _forward(heads, data, rows, device, train_lm_head, embed, step_vocab)  # [K, B, V'], bf16 under amp
         per_head = head_losses(logits, tgt)  # float32
         loss = weighted_loss(per_head, cfg.decay)
         opt.zero_grad(set_to_none=True)

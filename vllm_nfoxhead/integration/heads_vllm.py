@@ -21,6 +21,20 @@ from ..format import DRAFT_VOCAB_KEY, HeadsConfig, head_key, read_heads_tensors
 from ..heads import ResidualStack
 
 
+def _load_projection(head: nn.Module, weight: torch.Tensor) -> None:
+    """Load a ParallelLMHead's [V, H] weight the way vLLM's own loader does."""
+    param = head.weight
+    src = weight.to(param.dtype)
+    loader = getattr(param, "weight_loader", None)
+    if loader is None:
+        param.data.copy_(src)
+    else:
+        loader(param, src)
+    # vLLM's loader does this after loading (e.g. the CPU build binds its GEMM
+    # kernel here: `cpu_linear`).
+    head.quant_method.process_weights_after_loading(head)
+
+
 class VllmNFoxHeads(nn.Module):
     """Heads next to a loaded vLLM target model (same device and dtype)."""
 
@@ -57,16 +71,7 @@ class VllmNFoxHeads(nn.Module):
         self.residual.load_from(tensors)
         if self.lm_heads is not None:
             for k, lm_head in enumerate(self.lm_heads):
-                param = lm_head.weight
-                loader = getattr(param, "weight_loader", None)
-                src = tensors[head_key(k, None, "weight")].to(param.dtype)
-                if loader is None:
-                    param.data.copy_(src)
-                else:
-                    loader(param, src)
-                # vLLM's own loader does this after loading (e.g. the CPU build
-                # binds its GEMM kernel here: `cpu_linear`).
-                lm_head.quant_method.process_weights_after_loading(lm_head)
+                _load_projection(lm_head, tensors[head_key(k, None, "weight")])
         if self.draft_heads is not None:
             self._load_draft_heads(tensors)
 
@@ -78,13 +83,7 @@ class VllmNFoxHeads(nn.Module):
         for k, draft in enumerate(self.draft_heads):
             full = (self.target_model[0].lm_head.weight if self.lm_heads is None
                     else tensors[head_key(k, None, "weight")].to(device))
-            rows = full.index_select(0, ids).to(draft.weight.dtype)  # [V', H]
-            loader = getattr(draft.weight, "weight_loader", None)
-            if loader is None:
-                draft.weight.data.copy_(rows)
-            else:
-                loader(draft.weight, rows)
-            draft.quant_method.process_weights_after_loading(draft)
+            _load_projection(draft, full.index_select(0, ids))  # [V', H]
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor, num_heads: int) -> torch.Tensor:

@@ -149,7 +149,8 @@ class NFoxHeadProposer:
             return [[] for _ in sampled_token_ids]  # speculation would cost more than it gains
         use_tree, chain_len = plan
         tree_rows = [i for i, ok in enumerate(self._has_token) if ok and use_tree and self._wants_tree[i]]
-        chain_rows = [i for i, ok in enumerate(self._has_token) if ok and i not in set(tree_rows)]
+        in_tree = set(tree_rows)
+        chain_rows = [i for i, ok in enumerate(self._has_token) if ok and i not in in_tree]
         if self.heads_config.token_conditioned:
             drafts = self._draft_conditioned(hidden, sampled_token_ids, tree_rows, chain_rows, chain_len)
         else:
@@ -158,7 +159,7 @@ class NFoxHeadProposer:
         for i, req_id in enumerate(self._req_ids):
             room = max(self.max_model_len - int(num_tokens_no_spec[i]), 0)
             out.append(drafts.get(i, [])[:room])
-            if i in tree_rows:
+            if i in in_tree:
                 self.tree_of[req_id] = self.tree.tree
         return out
 
