@@ -31,7 +31,8 @@ def policy_llm(tiny_assets, tmp_path_factory):
     config.setdefault("extra", {})["rank_accuracy"] = [[0.8, 0.1], [0.7, 0.1], [0.6, 0.1], [0.5, 0.1]]
     (heads / "config.json").write_text(json.dumps(config))
     llm = make_llm(tiny_assets[0], speculative_config={
-        "model": f"nfoxhead:{heads}", "tree": TREE, "cost_table": COST})
+        "model": f"nfoxhead:{heads}", "tree": TREE, "cost_table": COST,
+        "load_policy": "static"})  # the plan itself; "auto" would also probe neighbouring shapes
     yield llm
     llm.llm_engine.engine_core.shutdown()
 

@@ -22,7 +22,7 @@ ADDITIONAL_CONFIG_KEY = "nfoxhead"
 PLUGIN_KEYS: tuple[str, ...] = ("tree", "acceptance", "posterior_threshold", "posterior_alpha",
                                 "load_policy", "cost_table")
 ACCEPTANCE_MODES = ("exact", "typical")
-LOAD_POLICIES = ("auto", "off")
+LOAD_POLICIES = ("auto", "static", "off")
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,9 @@ class NFoxHeadOptions:
     acceptance: str = "exact"  # "typical": Medusa's lossy rule for sampled tree requests
     posterior_threshold: float = 0.09
     posterior_alpha: float = 0.3
-    load_policy: str = "auto"  # "off": always draft the full tree/chain, whatever the batch
+    # "auto": the cost model's plan, corrected by measured throughput (rate_tuner.py);
+    # "static": the cost model's plan only; "off": always the full tree/chain.
+    load_policy: str = "auto"
     cost_table: dict[str, float] | None = None  # verify_cost table; None = platform default
 
     @classmethod

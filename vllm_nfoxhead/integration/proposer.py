@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,8 @@ from torch import nn
 from ..drafting import ChainDrafter
 from ..tree import Tree, TreeDrafter, parse_tree
 from ..format import validate_heads_dir
-from ..load_policy import CPU_DEFAULT_COST, CPU_TREE_OVERHEAD, LoadPolicy
+from ..load_policy import CPU_DEFAULT_COST, CPU_TREE_OVERHEAD, DraftShape, LoadPolicy
+from ..rate_tuner import RateTuner
 from .options import NFoxHeadOptions, tree_backend_ok
 from .tree_step import current_step, set_current_step
 
@@ -46,6 +48,10 @@ class NFoxHeadProposer:
         if self.options.tree is not None:
             self.tree = self._tree_if_supported(vllm_config, self.options.tree)
         self.policy = self._load_policy()
+        self.tuner = (RateTuner(self.policy.shapes, self.policy.choose)
+                      if self.policy is not None and self.options.load_policy == "auto" else None)
+        # The previous propose call, for the tuner: (batch, shape, request ids, start time).
+        self._last_step: tuple[int, DraftShape, tuple[str, ...], float] | None = None
         self.heads: nn.Module | None = None
         # Per step, set by the runner patch before `propose`.
         self._hidden: torch.Tensor | None = None  # [B, H]
@@ -123,9 +129,27 @@ class NFoxHeadProposer:
                             for i in range(len(sampled_token_ids))]
         set_current_step(None)
 
+    def _measure(self, sampled_token_ids: list[list[int]]) -> None:
+        """Give the tuner the step that verified the previous call's drafts.
+
+        Only steps whose batch is the same decoding requests as before count:
+        a step with a new prefill or an idle gap says nothing about the shape.
+        """
+        now, last = time.perf_counter(), self._last_step
+        self._last_step = None
+        if self.tuner is None or last is None or not all(self._has_token):
+            return
+        batch, shape, req_ids, started = last
+        if tuple(self._req_ids) == req_ids:
+            self.tuner.record(batch, shape, sum(len(t) for t in sampled_token_ids), now - started)
+
     def _plan(self) -> tuple[bool, int] | None:
         """(draft the tree?, chain length) for this step's batch; None: draft nothing."""
-        shape = self.policy.choose(sum(self._has_token)) if self.policy else None
+        batch = sum(self._has_token)
+        chooser = self.tuner or self.policy
+        shape = chooser.choose(batch) if chooser else None
+        if shape is not None and all(self._has_token):
+            self._last_step = (batch, shape, tuple(self._req_ids), time.perf_counter())
         if shape is not None and shape.kind == "none":
             return None
         use_tree = self.tree is not None and any(self._wants_tree) and (shape is None or shape.kind == "tree")
@@ -141,6 +165,7 @@ class NFoxHeadProposer:
     ) -> list[list[int]]:
         """Draft tokens per request; [] for requests that produced no token."""
         hidden, self._hidden = self._hidden, None
+        self._measure(sampled_token_ids)
         if hidden is None or self.heads is None or not any(self._has_token):
             return [[] for _ in sampled_token_ids]
         self.tree_of = {}
