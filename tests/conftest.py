@@ -33,7 +33,9 @@ def make_llm(model: Path, heads: Path | None = None, **overrides):
         max_num_seqs=32,
     )
     if heads is not None:
-        kwargs["speculative_config"] = {"model": f"nfoxhead:{heads}", "num_speculative_tokens": 4}
+        # Heads alone (lookup off), so draft counts and acceptance are the heads'; the
+        # lookup drafts have their own engine in test_engine_lookup.py.
+        kwargs["speculative_config"] = {"model": f"nfoxhead:{heads}", "num_speculative_tokens": 4, "lookup": 0}
     kwargs.update(overrides)
     return LLM(**kwargs)
 

@@ -44,8 +44,17 @@ def test_good_heads_translate_to_custom_class(tiny_assets):
     spec = cfg.speculative_config
     assert spec.method == "custom_class"
     assert spec.model == "vllm_nfoxhead.integration.proposer.NFoxHeadProposer"
-    assert spec.num_speculative_tokens == 4  # default: one per head
+    assert spec.num_speculative_tokens == 8  # default: the longer of one per head (4) and lookup (8)
+    assert cfg.additional_config["nfoxhead"]["chain_tokens"] == 4
     assert cfg.additional_config["nfoxhead"]["heads_dir"] == str(tiny_assets[1])
+    cfg = engine_config(tiny_assets[0], {"model": f"nfoxhead:{tiny_assets[1]}", "lookup": 0})
+    assert cfg.speculative_config.num_speculative_tokens == 4  # heads alone: one per head
+
+
+def test_num_speculative_tokens_bounds_lookup_and_heads(tiny_assets):
+    cfg = engine_config(tiny_assets[0], {"model": f"nfoxhead:{tiny_assets[1]}", "num_speculative_tokens": 6})
+    assert cfg.speculative_config.num_speculative_tokens == 6  # lookup drafts up to 6
+    assert cfg.additional_config["nfoxhead"]["chain_tokens"] == 4  # the heads draft 4
 
 
 def test_spec_model_flag_spelling(tiny_assets):
@@ -98,9 +107,17 @@ def test_hidden_size_mismatch(tiny_assets, tmp_path):
 
 
 def test_too_many_speculative_tokens(tiny_assets):
-    with pytest.raises(NFoxHeadError, match="num_speculative_tokens=6 but .* only 4 heads"):
+    with pytest.raises(NFoxHeadError, match="num_speculative_tokens=6 but .* only 4 heads .* at most 0"):
         engine_config(tiny_assets[0], {"model": f"nfoxhead:{tiny_assets[1]}",
-                                       "num_speculative_tokens": 6})
+                                       "num_speculative_tokens": 6, "lookup": 0})
+    with pytest.raises(NFoxHeadError, match="num_speculative_tokens=9 but .* lookup drafts at most 8"):
+        engine_config(tiny_assets[0], {"model": f"nfoxhead:{tiny_assets[1]}", "num_speculative_tokens": 9})
+
+
+@pytest.mark.parametrize("lookup", [-1, 33, 2.5, "8", True])
+def test_bad_lookup(tiny_assets, lookup):
+    with pytest.raises(NFoxHeadError, match="lookup must be an integer 0..32"):
+        engine_config(tiny_assets[0], {"model": f"nfoxhead:{tiny_assets[1]}", "lookup": lookup})
 
 
 def test_llm_fails_before_engine_start(tiny_assets, heads_copy):
@@ -132,4 +149,4 @@ def test_tree_chain_overrides_the_heads_default_tree(tiny_assets, heads_copy):
     assert cfg.speculative_config.num_speculative_tokens == 6  # the heads' tree
     cfg = engine_config(tiny_assets[0], {"model": f"nfoxhead:{heads_copy}", "tree": "chain"})
     assert cfg.additional_config["nfoxhead"]["tree"] is None
-    assert cfg.speculative_config.num_speculative_tokens == 4  # one per head
+    assert cfg.speculative_config.num_speculative_tokens == 8  # one per head (4), or a lookup draft (8)

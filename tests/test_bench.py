@@ -20,10 +20,11 @@ def test_bench_writes_table_json_and_plot(tmp_path, tiny_assets, capsys):
     main(["--model", str(model), "--heads", str(heads), "--prompts", str(prompts), "--no-chat",
           "--num-prompts", "4",
           "--max-tokens", "16", "--concurrency", "1", "2", "--methods", "plain,nfoxhead",
-          "--trees", "wide_6", "--ignore-eos", "--dtype", "float32", "--kv-cache-gib", "0.1", "--out", str(out)])
+          "--trees", "wide_6", "--lookup", "8", "--ignore-eos", "--dtype", "float32", "--kv-cache-gib", "0.1", "--out", str(out)])
     report = json.loads((out / "bench.json").read_text())
     got = {(r["method"], r["concurrency"]): r for r in report["results"]}
-    assert set(got) == {(m, c) for m in ("plain", "nfoxhead-chain", "nfoxhead-tree:wide_6") for c in (1, 2)}
+    methods = ("plain", "nfoxhead-chain+lookup8", "nfoxhead-tree:wide_6+lookup8")
+    assert set(got) == {(m, c) for m in methods for c in (1, 2)}
     for (method, _), row in got.items():
         assert row["outputs_match_plain"], method
         assert row["tokens_per_s"] > 0 and row["num_tokens"] == 4 * 16

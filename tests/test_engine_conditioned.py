@@ -34,7 +34,8 @@ def plain_outputs(plain_llm):
 @pytest.mark.parametrize("shape", ["chain", "tree"])
 def test_conditioned_heads_greedy_equal(tiny_assets, conditioned_heads, plain_outputs, shape):
     spec = {"num_speculative_tokens": 4} if shape == "chain" else {"tree": MIXED}
-    llm = make_llm(tiny_assets[0], speculative_config={"model": f"nfoxhead:{conditioned_heads}", **spec})
+    llm = make_llm(tiny_assets[0], speculative_config={"model": f"nfoxhead:{conditioned_heads}", "lookup": 0,
+                                                       **spec})
     try:
         got = token_ids(llm.generate(PROMPTS, GREEDY, use_tqdm=False))
         assert got == plain_outputs

@@ -32,7 +32,7 @@ def policy_llm(tiny_assets, tmp_path_factory):
     (heads / "config.json").write_text(json.dumps(config))
     llm = make_llm(tiny_assets[0], speculative_config={
         "model": f"nfoxhead:{heads}", "tree": TREE, "cost_table": COST,
-        "load_policy": "static"})  # the plan itself; "auto" would also probe neighbouring shapes
+        "load_policy": "static", "lookup": 0})  # the plan itself; "auto" would also probe neighbouring shapes
     yield llm
     llm.llm_engine.engine_core.shutdown()
 

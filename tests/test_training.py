@@ -239,3 +239,16 @@ def test_cli_bad_data(tiny_model, tmp_path):
     with pytest.raises(SystemExit, match=f"token id {VOCAB + 7} but .* has only {VOCAB} tokens"):
         train_main(_cli(tiny_model, bad, tmp_path / "h", tmp_path / "c"))
     assert not (tmp_path / "h").exists()
+
+
+def test_step_accept_walks_each_sequence_as_vllm_steps():
+    from vllm_nfoxhead.training import step_accept
+
+    # Sequence 0: runs 2,0,0,1,0 -> steps at t=0 (3 tokens), t=3 (2 tokens) = 5 tokens / 2 steps.
+    # Sequence 1: runs 0,0 -> two steps of 1 token. A step never crosses into the next sequence.
+    seq = torch.tensor([0, 0, 0, 0, 0, 1, 1])
+    run = torch.tensor([2, 0, 0, 1, 0, 0, 0])
+    assert step_accept(seq, run) == pytest.approx((5 + 2) / 4)
+    # Teacher-forced averaging would give 1 + 3/7: easy stretches are counted once per position.
+    assert step_accept(torch.tensor([0, 0, 0]), torch.tensor([5, 5, 5])) == 6.0
+    assert step_accept(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)) == 0.0

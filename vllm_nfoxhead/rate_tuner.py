@@ -1,4 +1,4 @@
-"""Runtime correction of the load policy from measured throughput.
+"""Runtime correction of the load policy from measured acceptance and step times.
 
 The load policy's model (per-rank accuracies from training, a verify-cost table)
 misjudges real serving: acceptance on live prompts is lower than on a held-out
@@ -6,24 +6,36 @@ split, and per-request costs of speculation (drafting, the rejection sampler,
 bookkeeping) are not in the cost table. On the project's CPU the model planned
 chain(1) at 16 requests, which measured 7% slower than plain decoding.
 
-`RateTuner` keeps, per batch size, the model's choice as a starting point and
-measures what it actually delivers: tokens per second of wall time between
-steps. It then probes the neighbouring shapes in the order
-none < chain(1) < ... < chain(K) < tree, and moves to whichever measured best:
-a hill climb on measured rates. Probes are short (a few steps) and repeated
-after `reprobe_every` steps so that a drift in acceptance is noticed.
+`RateTuner` chooses, per batch size, the shape with the most tokens per second
+
+    rate(shape, batch) = batch * tokens(shape) / seconds(shape, batch)
+
+from two measurements kept apart because they behave differently:
+- seconds per step, per shape and batch size: steady for a given shape, so a
+  few steps measure it. Shapes next to the best one (in the order none <
+  chain(1) < ... < chain(K) < tree) are probed for `min_samples` steps, again
+  after `reprobe_every` steps.
+- tokens per request and step, per shape: noisy and content-dependent, so it is
+  pooled over all batch sizes and taken counterfactually. A request that drafted
+  m tokens and had a accepted tells what every shorter chain would have yielded
+  (min(a, k) + 1), so one chain measures all of them without probing. Beyond
+  what was drafted the heads' prior (held-out) acceptance fills in. A tree is
+  measured when drafted, otherwise it is its prior scaled like the chain's.
+  Prompt-lookup drafts are kept apart (their own counterfactual per shape) and
+  mixed in by the measured share of requests that found a lookup match.
+Comparing stale windows of raw tokens/s instead made a first version flip
+between chain lengths on every prompt change.
 """
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .load_policy import DraftShape
 
-logger = logging.getLogger("vllm_nfoxhead")
+HEADS, LOOKUP, TREE = "heads", "lookup", "tree"  # what drafted a request's tokens
 
 
 def shape_name(shape: DraftShape) -> str:
@@ -31,91 +43,143 @@ def shape_name(shape: DraftShape) -> str:
 
 
 @dataclass
-class _Window:
-    """The last samples of one shape at one batch size: (tokens, seconds)."""
+class _Mean:
+    """An exponentially decayed mean (effective window about 1 / (1 - decay) values)."""
 
-    size: int
-    samples: deque[tuple[int, float]] = field(default_factory=deque)
+    decay: float
+    total: float = 0.0
+    weight: float = 0.0
 
-    def add(self, tokens: int, seconds: float) -> None:
-        self.samples.append((tokens, seconds))
-        while len(self.samples) > self.size:
-            self.samples.popleft()
+    def add(self, value: float) -> None:
+        self.total = self.total * self.decay + value
+        self.weight = self.weight * self.decay + 1.0
 
-    def rate(self) -> float:
-        seconds = sum(s for _, s in self.samples)
-        return sum(t for t, _ in self.samples) / seconds if seconds > 0 else 0.0
-
-
-@dataclass
-class _BatchState:
-    current: int  # index into the tuner's shapes
-    windows: dict[int, _Window] = field(default_factory=dict)
-    steps: int = 0  # steps recorded at this batch size since the last re-probe
+    def value(self) -> float | None:
+        return self.total / self.weight if self.weight > 0 else None
 
 
 class RateTuner:
-    """Picks a draft shape per batch size from measured tokens per second."""
+    """Picks a draft shape per batch size from measured step times and acceptance."""
 
     def __init__(self, shapes: Sequence[DraftShape], prior: Callable[[int], DraftShape],
-                 min_samples: int = 6, window: int = 24, margin: float = 0.03,
-                 reprobe_every: int = 400) -> None:
+                 lookup_cap: Callable[[DraftShape], int] | None = None, min_samples: int = 3,
+                 window: int = 16, reprobe_every: int = 300, decay: float = 0.998, margin: float = 0.02,
+                 on_switch: Callable[[str], None] | None = None) -> None:
         if not shapes:
             raise ValueError("RateTuner needs at least one shape")
         self.shapes = list(shapes)  # ordered from least to most drafting
-        self.prior = prior
-        self.min_samples = min_samples
-        self.window = window
-        self.margin = margin  # a neighbour must beat the current shape by this fraction
-        self.reprobe_every = reprobe_every
-        self._state: dict[int, _BatchState] = {}
+        self.prior = prior  # the cost model's choice per batch size: where each batch size starts
+        self.lookup_cap = lookup_cap or (lambda shape: 0)  # lookup tokens a shape allows
+        self.min_samples, self.window, self.reprobe_every = min_samples, window, reprobe_every
+        self.margin = margin  # another shape must beat the current one by this fraction
+        self.on_switch = on_switch  # told, in words, whenever a batch size changes shape
+        self.chains = [s for s in self.shapes if s.kind == "chain"]
+        drafting = [s for s in self.shapes if s.kind != "none"]
+        self._heads = {s: _Mean(decay) for s in drafting}  # tokens of heads-drafted requests
+        self._lookup = {s: _Mean(decay) for s in drafting}  # tokens of lookup-drafted requests
+        self._lookup_share = _Mean(decay)  # share of drafting requests that found a lookup match
+        self._times: dict[tuple[int, DraftShape], deque[tuple[int, float]]] = {}
+        self._steps: dict[int, int] = {}  # steps recorded per batch size
+        self._chosen: dict[int, DraftShape] = {}
+        # Prior conditional acceptance of chain position j given j-1 accepted, from the model.
+        extra = [0.0] + [s.expected_tokens - 1.0 for s in self.chains]
+        reach = [extra[j + 1] - extra[j] for j in range(len(self.chains))]  # P(positions 0..j kept)
+        self._prior_cond = [reach[j] / reach[j - 1] if j and reach[j - 1] > 0 else (reach[0] if not j else 0.0)
+                            for j in range(len(self.chains))]
 
-    def _get(self, batch: int) -> _BatchState:
-        if batch not in self._state:
-            start = self.prior(batch)
-            self._state[batch] = _BatchState(self.shapes.index(start) if start in self.shapes else 0)
-        return self._state[batch]
-
-    def _window(self, st: _BatchState, index: int) -> _Window:
-        return st.windows.setdefault(index, _Window(self.window))
-
-    def _measured(self, st: _BatchState, index: int) -> bool:
-        return len(self._window(st, index).samples) >= self.min_samples
-
-    def choose(self, batch: int) -> DraftShape:
-        """The shape to draft for a step of `batch` decoding requests."""
-        st = self._get(batch)
-        if not self._measured(st, st.current):
-            return self.shapes[st.current]
-        neighbours = [i for i in (st.current - 1, st.current + 1) if 0 <= i < len(self.shapes)]
-        for i in neighbours:
-            if not self._measured(st, i):
-                return self.shapes[i]  # probe
-        best = max(neighbours, key=lambda i: self._window(st, i).rate(), default=st.current)
-        new, old = self._window(st, best).rate(), self._window(st, st.current).rate()
-        if new > old * (1 + self.margin):
-            logger.info("NFoxHead load policy: at batch %d, %s measured %.1f tok/s against %.1f for %s; "
-                        "switching", batch, shape_name(self.shapes[best]), new, old,
-                        shape_name(self.shapes[st.current]))
-            st.current = best
-        return self.shapes[st.current]
-
-    def record(self, batch: int, shape: DraftShape, tokens: int, seconds: float) -> None:
-        """One step of `batch` requests drafted with `shape` produced `tokens` in `seconds`."""
+    # ------------------------------------------------------------------ measuring
+    def record_time(self, batch: int, shape: DraftShape, seconds: float) -> None:
+        """One step of `batch` requests that verified `shape` drafts took `seconds`."""
         if shape not in self.shapes or seconds <= 0:
             return
-        st = self._get(batch)
-        self._window(st, self.shapes.index(shape)).add(tokens, seconds)
-        st.steps += 1
-        if st.steps >= self.reprobe_every:  # forget the neighbours so they are measured again
-            st.steps = 0
-            st.windows = {st.current: self._window(st, st.current)}
+        step = self._steps[batch] = self._steps.get(batch, 0) + 1
+        samples = self._times.setdefault((batch, shape), deque(maxlen=self.window))
+        samples.append((step, seconds))
+
+    def record_request(self, shape: DraftShape, source: str, drafted: int, accepted: int) -> None:
+        """A request drafted `drafted` tokens under `shape` (from `source`) and kept `accepted`."""
+        if drafted <= 0 or shape not in self.shapes:
+            return
+        self._lookup_share.add(float(source == LOOKUP))
+        if source == TREE:
+            self._heads[shape].add(1.0 + accepted)
+        elif source == HEADS:
+            for chain in self.chains:
+                self._heads[chain].add(self._counterfactual(source, drafted, accepted, chain.nodes))
+        else:
+            for other, mean in self._lookup.items():
+                mean.add(self._counterfactual(source, drafted, accepted, self.lookup_cap(other)))
+
+    def _counterfactual(self, source: str, drafted: int, accepted: int, cap: int) -> float:
+        """Tokens the request would have yielded with `cap` drafts of the same source."""
+        if cap <= drafted or accepted < drafted:
+            return 1.0 + min(accepted, cap)
+        tail, run = 0.0, 1.0  # all drafted tokens kept: the prior says how the rest would go
+        if source == HEADS:
+            for j in range(drafted, min(cap, len(self._prior_cond))):
+                run *= self._prior_cond[j]
+                tail += run
+        return 1.0 + accepted + tail
+
+    # ------------------------------------------------------------------ estimates
+    def tokens(self, shape: DraftShape) -> float:
+        """Expected tokens per request and step under `shape` (bonus token included)."""
+        if shape.kind == "none":
+            return 1.0
+        heads = self._heads_tokens(shape)
+        lookup, share = self._lookup[shape].value(), self._lookup_share.value() or 0.0
+        return heads if lookup is None else share * lookup + (1.0 - share) * heads
+
+    def _heads_tokens(self, shape: DraftShape) -> float:
+        measured = self._heads[shape].value()
+        if measured is not None:
+            return measured
+        if shape.kind == "tree" and self.chains:  # scale the prior like the longest chain's
+            longest = self.chains[-1]
+            seen = self._heads[longest].value()
+            if seen is not None and longest.expected_tokens > 1:
+                scale = (seen - 1.0) / (longest.expected_tokens - 1.0)
+                return 1.0 + (shape.expected_tokens - 1.0) * scale
+        return shape.expected_tokens
+
+    def seconds(self, batch: int, shape: DraftShape) -> float | None:
+        """Mean step time of `shape` at `batch` over fresh samples; None if too few."""
+        now = self._steps.get(batch, 0)
+        fresh = [s for step, s in self._times.get((batch, shape), ()) if now - step < self.reprobe_every]
+        return sum(fresh) / len(fresh) if len(fresh) >= self.min_samples else None
+
+    def rate(self, batch: int, shape: DraftShape) -> float | None:
+        seconds = self.seconds(batch, shape)
+        return None if seconds is None else batch * self.tokens(shape) / seconds
+
+    # ------------------------------------------------------------------ choosing
+    def choose(self, batch: int) -> DraftShape:
+        """The shape to draft for a step of `batch` decoding requests."""
+        rates = {s: r for s in self.shapes if (r := self.rate(batch, s)) is not None}
+        start = self._chosen.get(batch) or self.prior(batch)
+        if start not in rates:
+            return self._pick(batch, start if start in self.shapes else self.shapes[0])
+        best = max(rates, key=rates.__getitem__)
+        if start in rates and rates[best] < rates[start] * (1 + self.margin):
+            best = start
+        i = self.shapes.index(best)
+        for j in (i - 1, i + 1):  # probe the neighbours of the best shape
+            if 0 <= j < len(self.shapes) and self.shapes[j] not in rates:
+                return self.shapes[j]
+        return self._pick(batch, best, rates)
+
+    def _pick(self, batch: int, shape: DraftShape, rates: dict[DraftShape, float] | None = None) -> DraftShape:
+        old = self._chosen.get(batch)
+        self._chosen[batch] = shape
+        if old is not None and old != shape and rates and self.on_switch:
+            self.on_switch(f"at batch {batch}, {shape_name(shape)} measured {rates[shape]:.1f} tok/s "
+                           f"against {rates.get(old, 0.0):.1f} for {shape_name(old)}: switching")
+        return shape
 
     def describe(self) -> str:
         """The measured state, e.g. 'batch 1: chain(4) 51.2 tok/s; batch 16: none 260.1 tok/s'."""
         parts = []
-        for batch in sorted(self._state):
-            st = self._state[batch]
-            name = shape_name(self.shapes[st.current])
-            parts.append(f"batch {batch}: {name} {self._window(st, st.current).rate():.1f} tok/s")
+        for batch, shape in sorted(self._chosen.items()):
+            rate = self.rate(batch, shape)
+            parts.append(f"batch {batch}: {shape_name(shape)}" + (f" {rate:.1f} tok/s" if rate else ""))
         return "; ".join(parts)

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import NFoxHeadError
+from ..lookup import DEFAULT_LOOKUP
 from .methods import Method, ngram_method, nfoxhead_methods, vllm_medusa_method
 from .report import plot, rows, table, write_json
 from .runner import run_method
@@ -56,6 +57,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--load-policy", choices=("auto", "off", "both"), default="auto",
                    help="NFoxHead load policy: auto shrinks drafts as concurrency grows, off always drafts "
                         "the full tree/chain, both runs each NFoxHead method both ways (default auto)")
+    p.add_argument("--lookup", type=int, nargs="+", default=[0, DEFAULT_LOOKUP], metavar="N",
+                   help="NFoxHead prompt-lookup lengths to compare: 0 runs the heads alone, N > 0 adds "
+                        f"'+lookupN' methods where requests whose last tokens occurred before draft up to N "
+                        f"copied tokens (default: 0 {DEFAULT_LOOKUP}, the plugin's default)")
     p.add_argument("--methods", default="plain,ngram,vllm-medusa,nfoxhead",
                    help="comma list from plain, ngram, vllm-medusa, nfoxhead (plain is always run)")
     p.add_argument("--dtype", default="bfloat16", help="engine dtype (default bfloat16)")
@@ -123,7 +128,8 @@ def choose_methods(args: argparse.Namespace, model: Path, heads: Path, workdir: 
             methods.append(m)
     if "nfoxhead" in wanted:
         policies = ("auto", "off") if args.load_policy == "both" else (args.load_policy,)
-        methods += nfoxhead_methods(heads, args.trees, args.num_speculative_tokens, policies)
+        methods += nfoxhead_methods(heads, args.trees, args.num_speculative_tokens, policies,
+                                    lookups=tuple(args.lookup))
         if medusa is not None and medusa.resolve() != heads.resolve():
             methods += nfoxhead_methods(medusa, [], args.num_speculative_tokens, policies, label="medusa-heads")
     return methods

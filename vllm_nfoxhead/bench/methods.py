@@ -17,8 +17,10 @@ class Method:
 
 
 def nfoxhead_methods(heads: Path, trees: list[Any], num_tokens: int | None,
-                     load_policies: tuple[str, ...] = ("auto",), label: str = "") -> list[Method]:
-    """The chain and each tree, once per load policy ('off' variants are named '... policy-off').
+                     load_policies: tuple[str, ...] = ("auto",), label: str = "",
+                     lookups: tuple[int, ...] = (0,)) -> list[Method]:
+    """The chain and each tree, once per load policy ('off' variants are named '... policy-off')
+    and per prompt-lookup length (0: heads only; N: named '...+lookupN').
 
     `label` tells apart a second set of heads ('nfoxhead-chain[medusa-heads]')."""
     chain: dict[str, Any] = {"model": f"nfoxhead:{heads}", "tree": "chain"}  # even if the heads name a tree
@@ -28,8 +30,9 @@ def nfoxhead_methods(heads: Path, trees: list[Any], num_tokens: int | None,
     base += [(tree_method_name(t), {"model": f"nfoxhead:{heads}", "tree": t}) for t in trees]
     if label:
         base = [(f"{name}[{label}]", spec) for name, spec in base]
-    return [Method(name if policy == "auto" else f"{name} policy-{policy}", {**spec, "load_policy": policy})
-            for name, spec in base for policy in load_policies]
+    return [Method(name + (f"+lookup{n}" if n else "") + ("" if policy == "auto" else f" policy-{policy}"),
+                   {**spec, "load_policy": policy, "lookup": n})
+            for name, spec in base for n in lookups for policy in load_policies]
 
 
 def tree_method_name(tree: Any) -> str:

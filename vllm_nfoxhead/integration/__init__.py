@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 
-logger = logging.getLogger("vllm_nfoxhead")
+# A child of vLLM's own logger, so the lines appear wherever vLLM configures its logging.
+logger = logging.getLogger("vllm.nfoxhead")
 
 
 def register() -> None:

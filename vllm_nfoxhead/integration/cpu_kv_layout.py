@@ -11,7 +11,7 @@ per-region permutation, the probe says so and tree verification is disabled.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -24,15 +24,28 @@ class KVLayout:
     head_size: int
     key_index: torch.Tensor  # [block_size, head_size] int64
     value_index: torch.Tensor  # [block_size, head_size] int64
+    # (position stride, dimension stride) when the layout is a plain strided one
+    # (the "vec" kernels: keys transposed, values as they are); None: gather.
+    key_strides: tuple[int, int] | None = field(init=False)
+    value_strides: tuple[int, int] | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key_strides", affine_strides(self.key_index))
+        object.__setattr__(self, "value_strides", affine_strides(self.value_index))
 
     def read_blocks(self, cache_half: torch.Tensor, blocks: torch.Tensor, which: str) -> torch.Tensor:
         """All tokens of whole blocks, in position order: [len(blocks) * block_size, H_kv, D]."""
-        index = (self.key_index if which == "key" else self.value_index).reshape(-1)
-        regions = cache_half[blocks]  # [nb, H_kv, block_size, D]
+        index, strides = ((self.key_index, self.key_strides) if which == "key"
+                          else (self.value_index, self.value_strides))
+        regions = cache_half[blocks]  # [nb, H_kv, block_size, D], contiguous
         nb, heads = regions.shape[:2]
-        flat = regions.reshape(nb, heads, -1)[:, :, index]  # element (p, d) at p * D + d
-        tokens = flat.view(nb, heads, self.block_size, self.head_size).permute(0, 2, 1, 3)
-        return tokens.reshape(nb * self.block_size, heads, self.head_size)
+        if strides is not None:  # e.g. keys stored transposed: a strided view, no gather
+            tokens = regions.as_strided((nb, heads, self.block_size, self.head_size),
+                                        (heads * index.numel(), index.numel(), *strides))
+        else:
+            flat = regions.reshape(nb, heads, -1)[:, :, index.reshape(-1)]  # element (p, d) at p * D + d
+            tokens = flat.view(nb, heads, self.block_size, self.head_size)
+        return tokens.permute(0, 2, 1, 3).reshape(nb * self.block_size, heads, self.head_size)
 
     def read(self, cache_half: torch.Tensor, slots: torch.Tensor, which: str) -> torch.Tensor:
         """cache_half [num_blocks, H_kv, block_size, D] (key or value view) -> [len(slots), H_kv, D]."""
@@ -43,6 +56,16 @@ class KVLayout:
         flat = regions.reshape(regions.shape[0], regions.shape[1], -1)  # [S, H_kv, bs*D]
         gather = index[offsets].unsqueeze(1).expand(-1, flat.shape[1], -1)  # [S, H_kv, D]
         return flat.gather(2, gather)
+
+
+def affine_strides(index: torch.Tensor) -> tuple[int, int] | None:
+    """(position stride, dimension stride) if element (p, d) lies at p*sp + d*sd; else None."""
+    if index.shape[0] < 2 or index.shape[1] < 2 or int(index[0, 0]) != 0:
+        return None
+    sp, sd = int(index[1, 0]), int(index[0, 1])
+    p = torch.arange(index.shape[0]).view(-1, 1)
+    d = torch.arange(index.shape[1]).view(1, -1)
+    return (sp, sd) if torch.equal(index, p * sp + d * sd) else None
 
 
 def probe_layout(block_size: int, head_size: int, dtype: torch.dtype, isa: str) -> KVLayout | None:

@@ -14,15 +14,17 @@ from typing import Any
 
 from ..errors import NFoxHeadError
 from ..format import HeadsConfig, check_base_compat, validate_heads_dir
+from ..lookup import DEFAULT_LOOKUP
 
 PREFIX = "nfoxhead:"
 PROPOSER_PATH = "vllm_nfoxhead.integration.proposer.NFoxHeadProposer"
 ADDITIONAL_CONFIG_KEY = "nfoxhead"
 # Keys users may add to --speculative-config that vLLM itself does not know.
 PLUGIN_KEYS: tuple[str, ...] = ("tree", "acceptance", "posterior_threshold", "posterior_alpha",
-                                "load_policy", "cost_table")
+                                "load_policy", "cost_table", "lookup")
 ACCEPTANCE_MODES = ("exact", "typical")
 LOAD_POLICIES = ("auto", "static", "off")
+MAX_LOOKUP = 32
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,10 @@ class NFoxHeadOptions:
     # "static": the cost model's plan only; "off": always the full tree/chain.
     load_policy: str = "auto"
     cost_table: dict[str, float] | None = None  # verify_cost table; None = platform default
+    # Prompt-lookup drafts of up to this many tokens for requests whose recent tokens
+    # occurred before (lookup.py); 0 = heads only. Set internally: the heads' chain length.
+    lookup: int = DEFAULT_LOOKUP
+    chain_tokens: int | None = None
 
     @classmethod
     def from_additional_config(cls, additional_config: Any) -> "NFoxHeadOptions":
@@ -47,7 +53,7 @@ class NFoxHeadOptions:
                 "the NFoxHead proposer was started without a heads directory",
                 'use speculative_config={"model": "nfoxhead:/path/to/heads"}',
             )
-        known = {k: opts[k] for k in PLUGIN_KEYS if k in opts}
+        known = {k: opts[k] for k in (*PLUGIN_KEYS, "chain_tokens") if k in opts}
         return cls(heads_dir=opts["heads_dir"], **known)
 
 
@@ -108,7 +114,8 @@ def translate_engine_args(args: Any) -> bool:
 def validate_for_target(args: Any, hidden_size: int, vocab_size: int, base: str) -> HeadsConfig:
     """Cheap checks of the heads against the served model, before any engine memory.
 
-    Also fills in `num_speculative_tokens` (default: one per head).
+    Also fills in `num_speculative_tokens`: for a tree its size; for a chain, unless
+    given, the longer of one token per head and the lookup length.
     """
     opts = NFoxHeadOptions.from_additional_config(args.additional_config)
     if opts.acceptance not in ACCEPTANCE_MODES:
@@ -117,6 +124,9 @@ def validate_for_target(args: Any, hidden_size: int, vocab_size: int, base: str)
     if opts.load_policy not in LOAD_POLICIES:
         raise NFoxHeadError(f"unknown load_policy {opts.load_policy!r}",
                             f"use one of {', '.join(LOAD_POLICIES)} ('auto' shrinks drafts under load)")
+    if not isinstance(opts.lookup, int) or isinstance(opts.lookup, bool) or not 0 <= opts.lookup <= MAX_LOOKUP:
+        raise NFoxHeadError(f"lookup must be an integer 0..{MAX_LOOKUP}, got {opts.lookup!r}",
+                            f"use the most prompt-lookup tokens to draft per step (default {DEFAULT_LOOKUP}; 0 = off)")
     config = validate_heads_dir(opts.heads_dir)
     check_base_compat(config, hidden_size, vocab_size, base)
     if opts.cost_table is not None:
@@ -133,19 +143,23 @@ def validate_for_target(args: Any, hidden_size: int, vocab_size: int, base: str)
             )
         spec["num_speculative_tokens"] = len(tree)
         gpu_tree_settings(args)
-    elif k is None:
-        spec["num_speculative_tokens"] = config.num_heads
+        return config
+    if k is None:  # one token per head, or a full lookup draft if that is longer
+        k = max(config.num_heads, opts.lookup)
     elif not isinstance(k, int) or k < 1:
         raise NFoxHeadError(
             f"num_speculative_tokens must be a positive integer, got {k!r}",
-            f"use 1..{config.num_heads}",
+            f"use 1..{max(config.num_heads, opts.lookup)}",
         )
-    elif k > config.num_heads:
+    elif k > max(config.num_heads, opts.lookup):
         raise NFoxHeadError(
             f"num_speculative_tokens={k} but {opts.heads_dir} has only {config.num_heads} heads "
-            "(a chain drafts one token per head)",
-            f"use num_speculative_tokens <= {config.num_heads}",
+            f"(a chain drafts one token per head) and lookup drafts at most {opts.lookup}",
+            f"use num_speculative_tokens <= {max(config.num_heads, opts.lookup)}, or raise \"lookup\"",
         )
+    # k bounds every draft (vLLM's budget); the heads draft at most one token each.
+    args.additional_config[ADDITIONAL_CONFIG_KEY]["chain_tokens"] = min(k, config.num_heads)
+    spec["num_speculative_tokens"] = k
     return config
 
 

@@ -24,12 +24,14 @@ from torch import nn
 from ..drafting import ChainDrafter
 from ..tree import Tree, TreeDrafter, parse_tree
 from ..format import validate_heads_dir
+from ..lookup import lookup_draft
 from ..load_policy import CPU_DEFAULT_COST, CPU_TREE_OVERHEAD, DraftShape, LoadPolicy
-from ..rate_tuner import RateTuner
+from ..rate_tuner import HEADS, LOOKUP, TREE, RateTuner
 from .options import NFoxHeadOptions, tree_backend_ok
 from .tree_step import current_step, set_current_step
 
-logger = logging.getLogger("vllm_nfoxhead")
+# A child of vLLM's own logger, so the lines appear wherever vLLM configures its logging.
+logger = logging.getLogger("vllm.nfoxhead")
 
 
 class NFoxHeadProposer:
@@ -43,15 +45,19 @@ class NFoxHeadProposer:
         self.heads_config = validate_heads_dir(self.options.heads_dir)
         self.max_model_len: int = vllm_config.model_config.max_model_len
         self.dtype: torch.dtype = vllm_config.model_config.dtype
-        self.chain = ChainDrafter(min(spec.num_speculative_tokens, self.heads_config.num_heads))
+        chain_tokens = self.options.chain_tokens or spec.num_speculative_tokens
+        self.chain = ChainDrafter(min(chain_tokens, self.heads_config.num_heads))
+        self.lookup = min(self.options.lookup, spec.num_speculative_tokens)  # 0: heads only
         self.tree: TreeDrafter | None = None
         if self.options.tree is not None:
             self.tree = self._tree_if_supported(vllm_config, self.options.tree)
         self.policy = self._load_policy()
-        self.tuner = (RateTuner(self.policy.shapes, self.policy.choose)
+        self.tuner = (RateTuner(self.policy.shapes, self.policy.choose, lookup_cap=self.lookup_cap,
+                                on_switch=lambda msg: logger.info("NFoxHead load policy: %s", msg))
                       if self.policy is not None and self.options.load_policy == "auto" else None)
         # The previous propose call, for the tuner: (batch, shape, request ids, start time).
         self._last_step: tuple[int, DraftShape, tuple[str, ...], float] | None = None
+        self._drafted: dict[str, tuple[str, int]] = {}  # req_id -> (source, tokens) of the last call
         self.heads: nn.Module | None = None
         # Per step, set by the runner patch before `propose`.
         self._hidden: torch.Tensor | None = None  # [B, H]
@@ -130,31 +136,41 @@ class NFoxHeadProposer:
         set_current_step(None)
 
     def _measure(self, sampled_token_ids: list[list[int]]) -> None:
-        """Give the tuner the step that verified the previous call's drafts.
+        """Tell the tuner what the previous call's drafts yielded and how long the step took.
 
-        Only steps whose batch is the same decoding requests as before count:
-        a step with a new prefill or an idle gap says nothing about the shape.
+        Acceptance counts for every request that drafted. Step time counts only
+        when the batch is the same decoding requests as before: a step with a
+        new prefill or an idle gap says nothing about the shape.
         """
-        now, last = time.perf_counter(), self._last_step
-        self._last_step = None
-        if self.tuner is None or last is None or not all(self._has_token):
+        now, last, drafted = time.perf_counter(), self._last_step, self._drafted
+        self._last_step, self._drafted = None, {}
+        if self.tuner is None or last is None:
             return
         batch, shape, req_ids, started = last
-        if tuple(self._req_ids) == req_ids:
-            self.tuner.record(batch, shape, sum(len(t) for t in sampled_token_ids), now - started)
+        for i, req_id in enumerate(self._req_ids):
+            if req_id in drafted and sampled_token_ids[i]:
+                source, num = drafted[req_id]
+                self.tuner.record_request(shape, source, num, len(sampled_token_ids[i]) - 1)
+        if all(self._has_token) and tuple(self._req_ids) == req_ids:
+            self.tuner.record_time(batch, shape, now - started)
 
-    def _plan(self) -> tuple[bool, int] | None:
-        """(draft the tree?, chain length) for this step's batch; None: draft nothing."""
+    def _plan(self) -> tuple[DraftShape | None, bool, int]:
+        """(shape, draft the tree?, chain length) for this step's batch; shape None: no policy."""
         batch = sum(self._has_token)
         chooser = self.tuner or self.policy
         shape = chooser.choose(batch) if chooser else None
-        if shape is not None and all(self._has_token):
+        if shape is not None:
             self._last_step = (batch, shape, tuple(self._req_ids), time.perf_counter())
-        if shape is not None and shape.kind == "none":
-            return None
         use_tree = self.tree is not None and any(self._wants_tree) and (shape is None or shape.kind == "tree")
         chain_len = shape.nodes if shape is not None and shape.kind == "chain" else self.chain.num_heads_used
-        return use_tree, chain_len
+        return shape, use_tree, chain_len
+
+    def lookup_cap(self, shape: DraftShape | None) -> int:
+        """Most lookup tokens under `shape`: all of them with the full chain or the tree,
+        the plan's chain length when load shortened it, none without drafts."""
+        if shape is None or shape.kind == "tree" or (shape.kind == "chain" and shape.nodes == self.chain.num_heads_used):
+            return self.lookup
+        return min(shape.nodes, self.lookup) if shape.kind == "chain" else 0
 
     def propose(
         self,
@@ -169,27 +185,47 @@ class NFoxHeadProposer:
         if hidden is None or self.heads is None or not any(self._has_token):
             return [[] for _ in sampled_token_ids]
         self.tree_of = {}
-        plan = self._plan()
-        if plan is None:
+        shape, use_tree, chain_len = self._plan()
+        if shape is not None and shape.kind == "none":
             return [[] for _ in sampled_token_ids]  # speculation would cost more than it gains
-        use_tree, chain_len = plan
-        tree_rows = [i for i, ok in enumerate(self._has_token) if ok and use_tree and self._wants_tree[i]]
+        drafts = self._draft_lookup(num_tokens_no_spec, token_ids_cpu, self.lookup_cap(shape))
+        from_lookup = set(drafts)
+        active = [i for i, ok in enumerate(self._has_token) if ok and i not in drafts]
+        tree_rows = [i for i in active if use_tree and self._wants_tree[i]]
         in_tree = set(tree_rows)
-        chain_rows = [i for i, ok in enumerate(self._has_token) if ok and i not in in_tree]
-        if self.heads_config.token_conditioned:
-            drafts = self._draft_conditioned(hidden, sampled_token_ids, tree_rows, chain_rows, chain_len)
-        else:
-            drafts = self._draft_medusa(hidden, tree_rows, chain_rows, chain_len)
+        chain_rows = [i for i in active if i not in in_tree]
+        if tree_rows or chain_rows:  # else every request drafts from lookup
+            draft_heads = self._draft_conditioned if self.heads_config.token_conditioned else self._draft_medusa
+            drafts.update(draft_heads(hidden, sampled_token_ids, tree_rows, chain_rows, chain_len))
         out: list[list[int]] = []
         for i, req_id in enumerate(self._req_ids):
             room = max(self.max_model_len - int(num_tokens_no_spec[i]), 0)
             out.append(drafts.get(i, [])[:room])
             if i in in_tree:
                 self.tree_of[req_id] = self.tree.tree
+            if out[-1]:
+                source = LOOKUP if i in from_lookup else TREE if i in in_tree else HEADS
+                self._drafted[req_id] = (source, len(out[-1]))
         return out
 
-    def _draft_medusa(self, hidden: torch.Tensor, tree_rows: list[int], chain_rows: list[int],
-                      chain_len: int) -> dict[int, list[int]]:
+    def _draft_lookup(self, num_tokens: np.ndarray, token_ids: np.ndarray, cap: int) -> dict[int, list[int]]:
+        """Prompt-lookup chains of up to `cap` tokens for requests whose last tokens occurred before.
+
+        token_ids [max_num_reqs, max_model_len] holds each request's tokens, the
+        one sampled this step included (num_tokens of them).
+        """
+        if not cap:
+            return {}
+        drafts = {}
+        for i, ok in enumerate(self._has_token):
+            if ok:
+                draft = lookup_draft(token_ids[i, : int(num_tokens[i])], cap)
+                if len(draft):
+                    drafts[i] = draft.tolist()
+        return drafts
+
+    def _draft_medusa(self, hidden: torch.Tensor, sampled_token_ids: list[list[int]], tree_rows: list[int],
+                      chain_rows: list[int], chain_len: int) -> dict[int, list[int]]:
         """Medusa heads: every head runs once on every request's hidden state [B, H]."""
         num_heads = max(self.tree.num_heads_used if tree_rows else 0, chain_len if chain_rows else 0)
         logits = self.heads.logits(hidden, num_heads)  # [K, B, V]

@@ -26,6 +26,7 @@ class TreeRequest:
     num_nodes: int  # n drafted nodes scheduled (a parent-first prefix of the tree)
     buffers: TreeBuffers  # of the whole tree; rows beyond n are absent this step
     accepted: list[int] = field(default_factory=list)  # node indices kept, set by the sampler
+    _additive: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def num_rows(self) -> int:
@@ -35,6 +36,16 @@ class TreeRequest:
     def mask(self) -> torch.Tensor:
         """[n+1, n+1] bool: a row sees the root, its ancestors and itself."""
         return self.buffers.attn_mask[: self.num_rows, : self.num_rows]
+
+    def additive_mask(self, group: int, device: torch.device) -> torch.Tensor:
+        """[group*(n+1), ctx+n+1] float32: 0 where a row sees a position (the whole
+        prefix, then `mask`), -inf elsewhere; rows repeat per query head of a KV
+        head. Built once per step and shared by all layers."""
+        if self._additive is None or self._additive.shape[0] != group * self.num_rows:
+            sees = torch.cat([torch.ones(self.num_rows, self.ctx, dtype=torch.bool), self.mask.cpu()], dim=1)
+            additive = torch.zeros(sees.shape).masked_fill(~sees, float("-inf"))
+            self._additive = additive.repeat(group, 1).to(device)
+        return self._additive
 
 
 @dataclass

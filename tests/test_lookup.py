@@ -1,0 +1,49 @@
+"""Prompt lookup drafts (lookup.py), hand-checked on small token lists."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vllm_nfoxhead.lookup import lookup_draft
+
+
+def draft(tokens, k, lo=2, hi=4):
+    return lookup_draft(np.array(tokens), k, lo, hi).tolist()
+
+
+def test_copies_what_followed_the_suffix():
+    #          0  1  2  3  4  5  6  7  8
+    assert draft([5, 6, 7, 8, 9, 1, 2, 6, 7], 3) == [8, 9, 1]
+
+
+def test_prefers_the_longest_ngram_then_the_latest_occurrence():
+    # "6 7" occurs at 1 (then 8) and at 5 (then 3); "5 6 7" only at 0 (then 8).
+    assert draft([5, 6, 7, 8, 0, 6, 7, 3, 5, 6, 7], 2) == [8, 0]
+    # Without the 3-gram the latest 2-gram match wins.
+    assert draft([4, 6, 7, 8, 0, 6, 7, 3, 5, 6, 7], 2) == [3, 5]
+
+
+def test_continuation_overlapping_the_suffix_repeats_the_loop():
+    # "1 2 1 2": the match at 0 continues with 1 2 (the suffix itself), then goes on
+    # copying its own output, as a loop of period 2 would.
+    assert draft([1, 2, 1, 2], 5) == [1, 2, 1, 2, 1]
+    assert draft([9, 7, 7, 7, 7], 4) == [7, 7, 7, 7]  # a run: period 1
+    assert draft([1, 2, 3, 1, 2], 8) == [3, 1, 2, 3, 1, 2, 3, 1]
+
+
+def test_no_match_and_min_ngram():
+    assert draft([1, 2, 3, 4, 5], 4) == []
+    assert draft([1, 2, 3, 9, 3], 4) == []  # only a 1-gram matches
+    assert draft([1, 2, 3, 9, 3], 4, lo=1) == [9, 3, 9, 3]
+    assert draft([7], 4) == []
+
+
+def test_cut_at_max_tokens():
+    assert draft([1, 2, 3, 4, 5, 6, 1, 2], 3) == [3, 4, 5]
+    assert draft([1, 2, 3, 4, 5, 6, 1, 2], 0) == []
+
+
+def test_bad_ngram_bounds():
+    with pytest.raises(ValueError):
+        draft([1, 2, 3], 2, lo=3, hi=2)
