@@ -7,7 +7,11 @@ hands it the step's hidden states first, since vLLM's call does not.
 
 Drafts are a chain (top-1 of each head) or, with a tree configured, the tree's
 nodes in parent-first order; requests whose sampling needs a chain
-(penalties, logprobs, allowed/bad words, structured output) get a chain.
+(penalties, logprobs, allowed/bad words, structured output) get a chain. A
+request whose last tokens occurred before drafts the prompt-lookup continuation
+instead (lookup.py). How much to draft for the step's batch size comes from the
+load policy, corrected at run time by measured step times and acceptance
+(rate_tuner.py).
 """
 
 from __future__ import annotations
