@@ -83,7 +83,7 @@ def test_high_load_switches_speculation_off():
     # 32 tokens costs 1.5 plain steps, more than the ~1.35 tokens per request it yields.
     rng = random.Random(0)
     said = []
-    tuner = RateTuner(SHAPES, prior=lambda b: C1, on_switch=said.append)
+    tuner = RateTuner(SHAPES, prior=lambda b: C1, on_switch=lambda old, new, msg: said.append(msg))
     seconds = {NONE: 1.0, C1: 1.5, C2: 1.9, C3: 2.3, T6: 4.0}
     chosen = drive(tuner, 16, seconds, [0.35, 0.3, 0.3], 400, rng)
     assert chosen[0] == C1

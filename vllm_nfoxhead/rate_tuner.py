@@ -63,8 +63,8 @@ class RateTuner:
 
     def __init__(self, shapes: Sequence[DraftShape], prior: Callable[[int], DraftShape],
                  lookup_cap: Callable[[DraftShape], int] | None = None, min_samples: int = 3,
-                 window: int = 16, reprobe_every: int = 300, decay: float = 0.998, margin: float = 0.02,
-                 on_switch: Callable[[str], None] | None = None) -> None:
+                 window: int = 16, reprobe_every: int = 300, decay: float = 0.998, margin: float = 0.05,
+                 on_switch: Callable[[DraftShape, DraftShape, str], None] | None = None) -> None:
         if not shapes:
             raise ValueError("RateTuner needs at least one shape")
         self.shapes = list(shapes)  # ordered from least to most drafting
@@ -72,7 +72,7 @@ class RateTuner:
         self.lookup_cap = lookup_cap or (lambda shape: 0)  # lookup tokens a shape allows
         self.min_samples, self.window, self.reprobe_every = min_samples, window, reprobe_every
         self.margin = margin  # another shape must beat the current one by this fraction
-        self.on_switch = on_switch  # told, in words, whenever a batch size changes shape
+        self.on_switch = on_switch  # told (old, new, in words) whenever a batch size changes shape
         self.chains = [s for s in self.shapes if s.kind == "chain"]
         drafting = [s for s in self.shapes if s.kind != "none"]
         self._heads = {s: _Mean(decay) for s in drafting}  # tokens of heads-drafted requests
@@ -172,8 +172,8 @@ class RateTuner:
         old = self._chosen.get(batch)
         self._chosen[batch] = shape
         if old is not None and old != shape and rates and self.on_switch:
-            self.on_switch(f"at batch {batch}, {shape_name(shape)} measured {rates[shape]:.1f} tok/s "
-                           f"against {rates.get(old, 0.0):.1f} for {shape_name(old)}: switching")
+            self.on_switch(old, shape, f"at batch {batch}, {shape_name(shape)} measured {rates[shape]:.1f} tok/s "
+                                       f"against {rates.get(old, 0.0):.1f} for {shape_name(old)}: switching")
         return shape
 
     def describe(self) -> str:

@@ -57,7 +57,7 @@ class NFoxHeadProposer:
             self.tree = self._tree_if_supported(vllm_config, self.options.tree)
         self.policy = self._load_policy()
         self.tuner = (RateTuner(self.policy.shapes, self.policy.choose, lookup_cap=self.lookup_cap,
-                                on_switch=lambda msg: logger.info("NFoxHead load policy: %s", msg))
+                                on_switch=report_switch)
                       if self.policy is not None and self.options.load_policy == "auto" else None)
         # The previous propose call, for the tuner: (batch, shape, request ids, start time).
         self._last_step: tuple[int, DraftShape, tuple[str, ...], float] | None = None
@@ -262,6 +262,13 @@ class NFoxHeadProposer:
 
             drafts.update(zip(rows, draft(step, first.index_select(0, index)).tolist()))
         return drafts
+
+
+def report_switch(old: DraftShape, new: DraftShape, message: str) -> None:
+    """Log the tuner's switches: a change of kind (none, chain, tree) at INFO, a
+    change of chain length, frequent between shapes of nearly equal rate, at DEBUG."""
+    level = logging.INFO if old.kind != new.kind else logging.DEBUG
+    logger.log(level, "NFoxHead load policy: %s", message)
 
 
 def tree_eligible(batch: Any, i: int) -> bool:
