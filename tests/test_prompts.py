@@ -113,3 +113,45 @@ def test_check_rejects_overlap_and_benchmark_text():
         P.check_prompt_sets([bad], [])
     with pytest.raises(NFoxHeadError, match="duplicate prompts"):
         P.check_prompt_sets([a, P.Prompt("train-x-2", "writing", a.prompt)], [])
+
+
+def test_wide_file_matches_generator_and_is_disjoint(tmp_path, sets):
+    """train-wide.jsonl is the seeded generator's output, new against train, disjoint from bench."""
+    wide = _load("train-wide.jsonl")
+    P.build_wide(tmp_path, len(wide))
+    assert (tmp_path / "train-wide.jsonl").read_bytes() == (DATA / "train-wide.jsonl").read_bytes()
+    train, bench = sets
+    texts = {P.normalise(r["prompt"]) for r in wide}
+    assert len(texts) == len(wide) and {r["category"] for r in wide} == CATEGORIES
+    assert not texts & {P.normalise(r["prompt"]) for r in train}
+    assert not texts & {P.normalise(r["prompt"]) for r in bench}
+    for row in wide:
+        text = P.normalise(row["prompt"])
+        assert not [b for b in BENCHMARK_TEXT + P.FORBIDDEN_PHRASES if b in text], row["id"]
+
+
+def test_wide_topics_are_new_and_never_bench():
+    """Wide pools add subjects: none repeats a main-pool item, so none is a bench-share item."""
+    from vllm_nfoxhead.wide_topics import WIDE_POOLS
+
+    for name, wide in WIDE_POOLS.items():
+        main = getattr(P, name)
+        assert len(set(wide)) == len(wide) >= 30, name
+        assert not set(wide) & set(main), name
+        shapes = {len(x) if isinstance(x, tuple) else 0 for x in main}
+        assert {len(x) if isinstance(x, tuple) else 0 for x in wide} == shapes, name
+    wide_text = " ".join(p.prompt for p in P.generate_split("wide", 400))
+    for topic in P.bench_share(P.WRITING_TOPICS) | P.bench_share(P.PERSONAS) | P.bench_share(P.THINGS):
+        assert topic not in wide_text
+
+
+def test_wide_prompts_use_wide_topics():
+    """Most writing and knowledge subjects of the wide set come from the wide pools."""
+    import re
+
+    from vllm_nfoxhead.wide_topics import WIDE_POOLS
+
+    text = " ".join(r["prompt"] for r in _load("train-wide.jsonl"))
+    pools = WIDE_POOLS["WRITING_TOPICS"] + WIDE_POOLS["THINGS"] + WIDE_POOLS["EXPLAIN"]
+    used = [t for t in pools if re.search(rf"\b{re.escape(t)}\b", text)]
+    assert len(used) > 0.4 * len(pools)

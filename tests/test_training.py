@@ -210,6 +210,24 @@ def test_cli_conditioning_and_eval_data(tiny_model, data_file, tmp_path):
     assert not config.token_conditioned and config.extra["train_vocab_size"] == VOCAB
 
 
+def test_cli_several_data_files_cache_each(tiny_model, data_file, tmp_path, monkeypatch, capsys):
+    """--data A B trains on both; each file's hidden states are cached on their own, so
+    adding a file later computes only the new one's."""
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps(r) + "\n" for r in _records(8, answer_len=24)))
+    cache = tmp_path / "c"
+    assert train_main(_cli(tiny_model, data_file, tmp_path / "a", cache)) == 0
+    computed = []
+    real = T.hidden_states
+    monkeypatch.setattr(T, "hidden_states", lambda model, seqs, **kw: computed.append(len(seqs)) or real(model, seqs, **kw))
+    assert train_main(_cli(tiny_model, data_file, tmp_path / "ab", cache)[:4] + [str(other)]
+                      + _cli(tiny_model, data_file, tmp_path / "ab", cache)[4:]) == 0
+    assert computed == [8]  # only the new file's 8 sequences
+    assert len(list(cache.glob("*.safetensors"))) == 2
+    out = capsys.readouterr().out
+    assert "48 sequences" in out and f"hidden states of {other} written to" in out
+
+
 def test_cli_bad_eval_data_fails_before_work(tiny_model, data_file, tmp_path, monkeypatch):
     import vllm_nfoxhead.train as train_cli
 

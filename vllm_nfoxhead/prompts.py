@@ -107,6 +107,25 @@ class Picker:
         return self.rng.randint(lo, hi)
 
 
+class WidePicker(Picker):
+    """A train picker whose main pools also hold the train-only topics of `wide_topics`.
+
+    Used for the widened training set: same templates, many more subjects, never a
+    bench-share item (those are excluded exactly as in the train split).
+    """
+
+    def __init__(self, rng: random.Random) -> None:
+        from .wide_topics import WIDE_POOLS
+
+        super().__init__(rng, "train")
+        self.extra = {id(globals()[name]): pool for name, pool in WIDE_POOLS.items()}
+
+    def main(self, pool: Sequence[T]) -> T:
+        bench = bench_share(pool)
+        own = [x for x in pool if _key(x) not in bench]
+        return self.rng.choice(own + list(self.extra.get(id(pool), ())))
+
+
 def _key(item: object) -> str:
     return getattr(item, "__name__", None) or repr(item)
 
@@ -863,16 +882,23 @@ def normalise(text: str) -> str:
     return re.sub(r"\s+", " ", text.strip().lower())
 
 
-def _category_prompts(category: str, split: str, count: int, seed: int) -> list[str]:
-    """`count` distinct prompts of one category, deterministic in (category, split, seed)."""
+def _category_prompts(category: str, split: str, count: int, seed: int,
+                      exclude: frozenset[str] = frozenset()) -> list[str]:
+    """`count` distinct prompts of one category, deterministic in (category, split, seed),
+    none of them in `exclude` (normalised texts).
+
+    split "wide" is a train split drawn with `WidePicker` (main pools plus wide topics).
+    """
     rng = random.Random(f"{seed}-{category}-{split}")
-    make, picker = CATEGORIES[category], Picker(rng, split)
+    picker = WidePicker(rng) if split == "wide" else Picker(rng, split)
+    make = CATEGORIES[category]
     seen: dict[str, str] = {}
     for _ in range(count * 200):
         if len(seen) == count:
             break
         text = make(picker)
-        seen.setdefault(normalise(text), text)
+        if normalise(text) not in exclude:
+            seen.setdefault(normalise(text), text)
     if len(seen) < count:
         raise NFoxHeadError(
             f"only {len(seen)} distinct {split} prompts for {category!r}, {count} asked",
@@ -881,11 +907,12 @@ def _category_prompts(category: str, split: str, count: int, seed: int) -> list[
     return list(seen.values())
 
 
-def generate_split(split: str, total: int, seed: int = 0) -> list[Prompt]:
-    """`total` prompts spread evenly over CATEGORIES, interleaved category by category."""
+def generate_split(split: str, total: int, seed: int = 0, exclude: frozenset[str] = frozenset()) -> list[Prompt]:
+    """`total` prompts spread evenly over CATEGORIES, interleaved category by category,
+    none of them in `exclude` (normalised texts)."""
     cats = list(CATEGORIES)
     per_cat = [total // len(cats) + (i < total % len(cats)) for i in range(len(cats))]
-    lists = {c: _category_prompts(c, split, n, seed) for c, n in zip(cats, per_cat)}
+    lists = {c: _category_prompts(c, split, n, seed, exclude) for c, n in zip(cats, per_cat)}
     out: list[Prompt] = []
     for i in range(max(per_cat)):
         for c in cats:
@@ -913,6 +940,15 @@ def check_prompt_sets(train: Sequence[Prompt], bench: Sequence[Prompt]) -> None:
             raise NFoxHeadError(f"{p.id} contains benchmark text {hit!r}", "change the template")
 
 
+def check_wide_set(wide: Sequence[Prompt], train: Sequence[Prompt], bench: Sequence[Prompt]) -> None:
+    """Raise NFoxHeadError unless the wide set is unique, new, and disjoint from the bench."""
+    check_prompt_sets(wide, bench)
+    overlap = {normalise(p.prompt) for p in wide} & {normalise(p.prompt) for p in train}
+    if overlap:
+        raise NFoxHeadError(f"{len(overlap)} wide prompt(s) repeat train.jsonl, e.g. {sorted(overlap)[0][:60]!r}",
+                            "use another --seed or fewer --wide prompts")
+
+
 def write_jsonl(path: Path, prompts: Sequence[Prompt]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
@@ -929,6 +965,16 @@ def build(out_dir: Path, train: int = 2400, bench: int = 80, seed: int = 0) -> t
     return train_set, bench_set
 
 
+def build_wide(out_dir: Path, wide: int, train: int = 2400, bench: int = 80, seed: int = 0) -> list[Prompt]:
+    """Generate, check and write `train-wide.jsonl`: more train prompts over the wide topics."""
+    train_set, bench_set = generate_split("train", train, seed), generate_split("bench", bench, seed)
+    taken = frozenset(normalise(p.prompt) for p in (*train_set, *bench_set))
+    wide_set = generate_split("wide", wide, seed, exclude=taken)
+    check_wide_set(wide_set, train_set, bench_set)
+    write_jsonl(out_dir / "train-wide.jsonl", wide_set)
+    return wide_set
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m vllm_nfoxhead.prompts",
@@ -937,13 +983,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="data/prompts", help="output directory")
     parser.add_argument("--train", type=int, default=2400, help="number of train prompts")
     parser.add_argument("--bench", type=int, default=80, help="number of bench prompts")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--wide", type=int, default=0,
+                        help="also write train-wide.jsonl with this many train prompts that draw their "
+                             "subjects from the train-only wide topic pools (0 = none)")
+    parser.add_argument("--seed", type=int, default=0, help="generator seed (the shipped files use 0)")
     args = parser.parse_args(argv)
     try:
         train, bench = build(Path(args.out), args.train, args.bench, args.seed)
+        wide = build_wide(Path(args.out), args.wide, args.train, args.bench, args.seed) if args.wide else []
     except NFoxHeadError as exc:
         parser.exit(2, f"error: {exc}\n")
-    print(f"wrote {len(train)} train and {len(bench)} bench prompts to {args.out}")
+    print(f"wrote {len(train)} train, {len(bench)} bench and {len(wide)} wide prompts to {args.out}")
     return 0
 
 

@@ -1,6 +1,6 @@
 """CLI: train NFoxHead heads on self-distilled answers.
 
-    python -m vllm_nfoxhead.train --model DIR --data distill.jsonl --output HEADS_DIR \
+    python -m vllm_nfoxhead.train --model DIR --data distill.jsonl [more.jsonl ...] --output HEADS_DIR \
         [--num-heads 4] [--num-layers 1] [--shared-lm-head | --own-lm-head] [--epochs 1] \
         [--lr 1e-3] [--decay 0.8] [--batch-size 512] [--max-len 1024] [--device auto] [--seed 0] \
         [--conditioning tokens|none] [--train-vocab seen|full] [--eval-data other.jsonl]
@@ -25,6 +25,7 @@ from .errors import NFoxHeadError
 from .format import check_base_compat, validate_heads_dir
 from .smollm2 import CACHE_ENV
 from .training import (
+    join_sequences,
     Dataset, TrainConfig, cache_key, cached_hidden_states, data_summary, embed_weight, evaluate,
     Sequences, lm_head_weight, load_base, metrics_json, pick_device, read_sequences, save_trained,
     seed_everything, train_heads,
@@ -40,7 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     d = TrainConfig()
     p = argparse.ArgumentParser(prog="python -m vllm_nfoxhead.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="base model directory (transformers checkpoint)")
-    p.add_argument("--data", required=True, help="JSONL from `python -m vllm_nfoxhead.datagen`")
+    p.add_argument("--data", required=True, nargs="+",
+                   help="one or more JSONL files from `python -m vllm_nfoxhead.datagen`, trained on together "
+                        "(hidden states are cached per file, so adding a file reuses the others' cache)")
     p.add_argument("--output", required=True, help="heads directory to write")
     p.add_argument("--force", action="store_true", help="replace --output if it exists")
     p.add_argument("--num-heads", type=int, default=d.num_heads, help="heads to train; head k predicts token t+k+2 (default %(default)s)")
@@ -106,22 +109,29 @@ def run(args: argparse.Namespace) -> Path:
         torch.set_num_threads(args.threads)
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
-    seqs = read_sequences(args.data, cfg.max_len)
+    parts = [read_sequences(f, cfg.max_len) for f in args.data]
+    seqs = join_sequences(parts)
     eval_seqs = read_sequences(args.eval_data, cfg.max_len) if args.eval_data else None
     info = data_summary(seqs)
     say(f"{info['sequences']} sequences, {info['tokens']} tokens ({info['answer_tokens']} in answers); device {device}")
-    key = cache_key(args.data, args.model, cfg.max_len, cfg.base_dtype)
     cache = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
     model = load_base(args.model, device, cfg.base_dtype)
     lm_head = lm_head_weight(model).detach()  # [V, H]
-    for s in (seqs, eval_seqs):
+    for s in (*parts, eval_seqs):
         if s is not None:
             check_data_fits(s, lm_head.shape[0], args.model)
     t0, c0 = time.monotonic(), time.process_time()
+    hidden = []  # one [N_i, H] bf16 tensor per data file
     with tqdm(total=info["tokens"], desc="hidden states", unit="tok", disable=args.quiet) as bar:
-        hidden, cached = cached_hidden_states(lambda: model, seqs, cache / f"{key}.safetensors", bar.update)
-    say(f"hidden states {'read from' if cached else 'computed in'} {time.monotonic() - t0:.0f} s "
-        f"(CPU {time.process_time() - c0:.0f} s; {cache / key}.safetensors)")
+        for f, part in zip(args.data, parts):
+            file = cache / f"{cache_key(f, args.model, cfg.max_len, cfg.base_dtype)}.safetensors"
+            h, cached = cached_hidden_states(lambda: model, part, file, bar.update)
+            if cached:
+                bar.update(h.shape[0])
+            hidden.append(h)
+            say(f"hidden states of {f} {'read from' if cached else 'written to'} {file}")
+    hidden = torch.cat(hidden)
+    say(f"hidden states ready in {time.monotonic() - t0:.0f} s (CPU {time.process_time() - c0:.0f} s)")
     embed = embed_weight(model).detach() if cfg.conditioning == "tokens" else None  # [V, H]
     eval_data = _eval_dataset(args, cfg, eval_seqs, model, cache) if eval_seqs else None
     data = Dataset.build(seqs, hidden, cfg.num_heads, cfg.include_prompt)

@@ -142,6 +142,12 @@ def read_sequences(path: str | os.PathLike[str], max_len: int) -> Sequences:
     return Sequences(ids, starts, source=str(path))
 
 
+def join_sequences(parts: Sequence[Sequences]) -> Sequences:
+    """Several data files' sequences as one set, in file order (sources joined by '+')."""
+    return Sequences([x for p in parts for x in p.ids], [x for p in parts for x in p.answer_start],
+                     source="+".join(p.source for p in parts))
+
+
 def _is_id_list(x: object) -> bool:
     return isinstance(x, list) and all(isinstance(t, int) and t >= 0 for t in x)
 

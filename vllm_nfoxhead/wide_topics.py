@@ -1,0 +1,666 @@
+"""Train-only topic pools that widen the generated training prompts.
+
+Written by hand for this project (Apache-2.0, like the rest of it; taken from no
+public dataset). `python -m vllm_nfoxhead.prompts --wide N` draws on these pools
+to spread the training prompts over more topics than the main pools of
+`vllm_nfoxhead.prompts` hold. Each tuple here has the same element shape as the
+main pool it widens (see WIDE_POOLS at the end) and reads naturally in every
+template that uses that pool.
+
+None of these items overlaps the bench share of the main pools: no item repeats
+a main-pool item, and none is about the subject of a bench-only item or a close
+paraphrase of one. Nor does any contain text from public LLM benchmarks
+(FORBIDDEN_PHRASES in `vllm_nfoxhead.prompts`).
+"""
+
+from __future__ import annotations
+
+# --------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------
+# "Write {form} about {x}." / "Describe {x} using all five senses ..."
+WIDE_WRITING_TOPICS: tuple[str, ...] = (
+    # nature and weather
+    "the first warm day of spring", "a field of sunflowers in August", "a frozen lake at dawn",
+    "an orchard in blossom", "a wheat field before harvest", "a tide pool full of crabs",
+    "a sandcastle at high tide", "a mountain pass at sunrise", "a desert at noon",
+    "a bamboo forest in the wind", "a waterfall in a narrow gorge", "a salt flat under a clear sky",
+    "a mangrove swamp at low tide", "a cliff path above the sea", "a quiet mountain lake",
+    "a canyon at sunset", "the northern lights over a snowy valley", "a meteor shower in August",
+    "a full moon over the rooftops", "frost on a window pane", "a snowman slowly melting",
+    "the end of a long drought", "the last light of a summer evening", "a heatwave in the city",
+    "the silence of a snowy forest", "a desert oasis", "a rainforest waking up",
+    "the crater of a sleeping volcano", "a glacier cave", "a pebble beach in winter",
+    # animals and gardens
+    "a hedgehog in the garden at night", "a robin on a fence post", "an owl hunting at dusk",
+    "a heron standing still by a pond", "a sheepdog at work", "a horse in a frosty field",
+    "a stray dog in a busy market", "a goldfish in a bowl", "a spider's web covered in dew",
+    "a flock of starlings at dusk", "a lizard on a warm stone wall", "a snail crossing a path",
+    "fireflies on a summer evening", "a beehive in spring", "a greenhouse in January",
+    "a vegetable patch in July", "an old garden shed", "a herd of cows coming in for milking",
+    # objects
+    "a grandfather clock in a quiet hall", "a chipped teacup", "a box of old photographs",
+    "a handwritten recipe card", "a key that fits no lock", "a message in a bottle",
+    "a postcard from a faraway island", "a suitcase covered in travel stickers", "a snow globe",
+    "a wind-up music box", "a paper boat on a puddle", "a pair of old reading glasses",
+    "a worn pair of boots", "a typewriter in an attic", "a radio playing in the kitchen",
+    "a record player and a stack of records", "a phone with a cracked screen",
+    "a blinking cursor on a blank page", "a half-finished jigsaw puzzle",
+    # places and daily life
+    "a music festival in the mud", "a petrol station at three in the morning",
+    "an airport departure lounge", "a late-night launderette", "an old hardware store",
+    "a fish market at sunrise", "a flower stall in the rain", "a noodle shop on a busy street",
+    "a barber's shop on a Saturday", "a dentist's waiting room", "a queue at the post office",
+    "a traffic jam on a hot afternoon", "a school bus in the morning", "an office on a Friday afternoon",
+    "a construction site at dawn", "a factory floor", "a night shift in a hospital ward",
+    "a home office with a view of the street", "a hotel corridor at midnight", "a campsite after dark",
+    "a night train across the plains", "a mountain railway", "a cable car ride above the trees",
+    "a border crossing at dawn", "a camper van parked by the sea", "a souvenir shop in a seaside town",
+    "an old harbour", "a canal boat in summer", "a sailing boat at anchor", "a hostel dormitory",
+    # food
+    "a pot of soup on the stove", "a street-food stall at night", "a jar of homemade jam",
+    "the first strawberries of summer", "a bowl of steaming ramen", "a mug of hot chocolate",
+    "a spice market", "a family barbecue", "a cookbook stained with sauce", "a village harvest festival",
+    "a tea ceremony", "a family dinner table on a Sunday", "a picnic that goes wrong",
+    # sport and leisure
+    "a swimming race", "a tennis match in the heat", "a chess game in the park",
+    "the finish line of a marathon", "a ski slope at dawn", "a surfer waiting for a wave",
+    "a judo class for beginners", "a rowing crew at first light", "a last-minute goal",
+    "a cricket match on a village green", "a piano lesson", "an orchestra tuning up",
+    "a jazz club late at night", "an empty theatre", "a cinema after the last film", "a painter's studio",
+    "a potter at the wheel", "a street mural", "a busker in a subway",
+    # history
+    "a ruined castle on a hill", "an ancient stone circle", "a medieval cathedral",
+    "a battlefield a century later", "a war memorial in a small town", "an old windmill",
+    "a village well", "a forgotten railway line",
+    # people and feelings
+    "a long-awaited reunion", "a goodbye at an airport", "an apology that comes too late",
+    "a promise kept", "a childhood hiding place", "a secret family recipe",
+    "the moment before a performance", "a new baby in the house", "an old friend's voice on the phone",
+    "a house on moving day", "a video call with family abroad", "a treehouse built by two brothers",
+    "a swing in an empty playground",
+)
+
+# "... a story for {audience} in which {premise}."
+WIDE_STORY_PREMISES: tuple[str, ...] = (
+    "a hedgehog is afraid of the dark", "a lonely robot starts a vegetable garden",
+    "a penguin wants to see the desert", "a boy discovers that his shadow has a mind of its own",
+    "a mouse stows away on a cargo ship", "a group of children build a raft to cross a lake",
+    "an old fisherman catches a fish that can talk", "a city pigeon shows a country pigeon around town",
+    "a young witch fails her flying test", "a retired detective solves one last case in her village",
+    "a scarecrow makes friends with the crows", "two rival chefs must cook a banquet together",
+    "a clumsy knight is afraid of horses", "a goat sets out to climb the tallest mountain in the world",
+    "an elephant forgets something very important", "a cat becomes mayor of a small town",
+    "a family of otters loses their favourite stone",
+    "a young inventor builds a machine that translates birdsong",
+    "a grandmother enters a skateboarding competition", "a bee gets lost in a big city",
+    "a crab wants to learn to walk forwards", "a tiny village has to hide a friendly giant",
+    "a runaway shopping trolley rolls through town",
+    "a teacher discovers that her whole class can do magic",
+    "a shoemaker's shoes take people wherever they need to go",
+    "a whale sings a song no other whale can hear", "a parrot repeats a secret it should have kept",
+    "an owl cannot stay awake at night", "a new student can hear what plants are thinking",
+    "a sock escapes from the washing machine", "a teddy bear left on a train travels across the country",
+    "a small town holds a contest for the scruffiest dog",
+    "a boy and his grandfather build a boat in the garage",
+    "a fox and a rabbit must work together to escape a forest fire",
+    "a painter's portraits change a little every night",
+    "a mapmaker draws an island that then rises out of the sea",
+    "a carpenter builds a chair that grants one wish", "a princess would rather be a blacksmith",
+    "the stairs in a new house lead somewhere different each day", "a snail enters a great race",
+    "a queen loses her voice the day before an important speech", "a street cat adopts a lost duckling",
+    "a farmer's cows start giving chocolate milk",
+    "a girl makes friends with the ghost in the school attic",
+    "a young chess player challenges the world champion",
+    "a gorilla learns to tell jokes in sign language", "a hen decides to fly south for the winter",
+    "a mole digs all the way to the other side of the world",
+    "a bus driver takes a wrong turn into a fairy tale",
+    "a ballet dancer and a boxer swap jobs for a week",
+    "a girl inherits a shop that sells bottled sunshine",
+    "an old well in the village starts granting wishes",
+    "a whole city wakes up to find every colour has vanished", "a tired giant just wants a quiet nap",
+    "a troll who guards a bridge learns to laugh", "an ant colony plans a summer picnic",
+    "a girl trains her goldfish to do tricks", "a dentist for crocodiles has a very busy day",
+    "an old tractor refuses to retire", "a family of mice lives inside a grandfather clock",
+    "a nervous firefighter must rescue a cat from a church tower",
+    "a pair of twins swap places for a day", "a moose wanders into a supermarket",
+    "a mermaid visits a public swimming pool", "a homesick polar bear travels south",
+    "a cook finds a recipe that brings back forgotten memories",
+    "a robot vacuum cleaner dreams of exploring the world",
+    "a school orchestra must perform without its conductor",
+    "a boy builds a time machine out of cardboard boxes",
+    "a girl finds out that her grandmother was a famous racing driver",
+    "a ghost is terribly afraid of people", "a lion cub is too shy to roar",
+    "an ice-cream van's tune makes everyone who hears it dance",
+    "a sleepy seaside village wakes up to find the sea has gone",
+    "a chess piece runs away from the board", "a tortoise trains for a marathon",
+    "a friendly alien takes a job at a supermarket", "a lonely scarecrow is given a new hat",
+    "a grandfather and granddaughter go fishing for the first time",
+    "a hot-tempered chef and a calm waiter run a restaurant for a day",
+)
+
+# "... a product description of about N words for {x}." / "{company} launched {x} on ..."
+WIDE_PRODUCTS: tuple[str, ...] = (
+    "a bamboo toothbrush", "a stainless-steel lunch box", "a weighted blanket",
+    "a hand-carved wooden chess set", "a pour-over coffee maker", "a rice cooker with a delay timer",
+    "a mechanical keyboard", "a pair of merino wool socks", "a linen bedsheet set",
+    "a cordless vacuum cleaner", "a smart doorbell with a camera", "a digital kitchen scale",
+    "a standing desk", "a reading lamp with adjustable brightness", "an e-reader with a warm light",
+    "a set of Japanese kitchen knives", "a beginner's ukulele",
+    "a picture book about animals that live in the snow", "a 1000-piece jigsaw puzzle of a world map",
+    "a pet camera that tosses treats", "a self-cleaning litter box", "an insulated travel mug",
+    "a compact espresso machine", "a handheld milk frother", "a fitness tracker watch",
+    "a sunrise alarm clock", "a pair of trail running shoes", "a foam yoga mat",
+    "a set of resistance bands", "a portable camping stove", "a lightweight two-person tent",
+    "a wool winter hat", "a set of beeswax food wraps", "a refillable fountain pen",
+    "a leather-bound journal", "a mini projector for movie nights", "a wireless speaker for the shower",
+    "a baby carrier", "a wooden toy train set", "a remote-controlled car for children",
+    "a set of magnetic building tiles", "a telescope for beginners", "a bird feeder with a camera",
+    "a herb-growing kit for the windowsill", "a kitchen compost bin", "a set of glass food-storage jars",
+    "a heated throw blanket", "an air purifier for small rooms", "a pasta machine",
+    "an electric spice grinder", "a cookbook of one-pot dinners", "a set of gardening gloves",
+    "a wooden spice rack", "a rechargeable hand warmer", "a dog harness with reflective strips",
+    "a hammock for the garden", "an inflatable paddleboard", "a skateboard for beginners",
+    "a pickleball set for two players", "a wooden puzzle box with a secret drawer",
+)
+
+# "... a persuasive paragraph arguing that {x}."
+WIDE_CLAIMS: tuple[str, ...] = (
+    "schools should start later in the morning", "every child should learn to swim",
+    "cities should plant more street trees", "public transport should be free for students",
+    "people should grow some of their own food", "children should spend more time playing outside",
+    "board games beat screens for family evenings", "budgeting should be taught in every school",
+    "job adverts should always show the salary", "supermarkets should donate unsold food",
+    "single-use plastic bags should be banned", "handwriting should still be taught in schools",
+    "reading novels makes people more understanding", "zoos do more good than harm",
+    "volunteering should be part of the school curriculum", "older people have a lot to teach the young",
+    "apprenticeships deserve as much respect as university degrees", "public parks deserve more funding",
+    "owning a pet makes people happier", "a good night's sleep matters more than late-night studying",
+    "people should take regular breaks from social media",
+    "every household should have a fire escape plan", "tap water is better than bottled water",
+    "local shops are worth supporting", "every child should have the chance to learn an instrument",
+    "every school should offer sport every day", "towns should protect their historic buildings",
+    "cooking at home is better than ordering takeaway",
+    "trains are better than planes for short journeys", "children should learn to code",
+    "keeping a diary is good for the mind", "public toilets should be free and clean",
+    "every hospital should have a garden", "offices should be full of plants",
+    "gardens should be left a little wild for insects", "towns need more public benches",
+    "children should get pocket money to learn about saving",
+    "every town should have a public swimming pool",
+    "employers should give paid time off for volunteering", "exams should include practical projects",
+    "people should get to know their neighbours", "community gardens make neighbourhoods stronger",
+    "more school lessons should happen outdoors", "the news should report more good stories",
+    "every adult should learn some basic sewing", "empty shops should become community spaces",
+    "meat should be a treat rather than a daily habit", "fast fashion does more harm than good",
+    "every workplace should have a quiet room", "handwritten letters are worth the effort",
+)
+
+# "... a short, heartfelt toast for {x}."
+WIDE_OCCASIONS: tuple[str, ...] = (
+    "my brother's engagement party", "the opening of a new village hall",
+    "a friend's new business launch", "my niece's naming day", "a housewarming party",
+    "a family reunion after ten years apart", "the end of a long project at work",
+    "a colleague's farewell before moving abroad", "the reopening of the town swimming pool",
+    "a school's hundredth year", "a welcome dinner for new exchange students",
+    "a baby shower for my best friend", "my grandmother's recovery from a long illness",
+    "the first meeting of a new book club", "a choir's last concert of the season",
+    "a neighbourhood street party", "a thank-you evening for food bank volunteers",
+    "a village harvest supper", "my manager's promotion", "the naming of a new lifeboat",
+    "a cricket club's end-of-season dinner", "a friend's citizenship ceremony",
+    "the restoration of an old church organ", "a mentor's lifetime achievement award",
+    "a group of friends finishing their first marathon", "the end of my apprenticeship",
+    "our town's twinning with a town in France", "the opening night of a school play",
+    "a holiday dinner with friends from many countries", "New Year's Eve with old friends",
+)
+
+# "... email to {who} {why}."
+WIDE_EMAIL_PURPOSES: tuple[tuple[str, str], ...] = (
+    ("my manager", "asking for a day off next Friday"), ("a hotel", "asking about an early check-in"),
+    ("a restaurant", "booking a table for a group of twelve"),
+    ("a plumber", "asking for a quote to service a boiler"), ("my bank", "reporting a stolen bank card"),
+    ("an airline", "asking for a refund for a cancelled flight"),
+    ("a client", "reminding them about an unpaid invoice"),
+    ("a new colleague", "welcoming them to the team"),
+    ("my doctor's surgery", "asking to move an appointment"),
+    ("a university admissions office", "asking about entry requirements"),
+    ("a bookshop", "asking whether they can order a rare book"),
+    ("a dog walker", "arranging walks while I am on holiday"),
+    ("a volunteer group", "offering to help at weekends"),
+    ("a local newspaper", "suggesting a story about a community project"),
+    ("a museum", "asking about group tickets for a school trip"),
+    ("my landlord", "giving notice that I am moving out"),
+    ("a wedding photographer", "asking about their availability in June"),
+    ("a customer", "thanking them for a large order"),
+    ("my team", "sharing the results of a successful project"),
+    ("a professor", "asking for a reference letter"),
+    ("a job candidate", "inviting them to a second interview"),
+    ("a job applicant", "telling them kindly that they were not selected"),
+    ("a furniture shop", "complaining about a damaged sofa"),
+    ("an internet provider", "reporting a slow connection"),
+    ("a car rental company", "asking about adding a second driver"),
+    ("a football club", "asking how my son can join the junior team"),
+    ("a piano teacher", "arranging lessons for an adult beginner"),
+    ("a neighbour", "asking them to water my plants while I am away"),
+    ("a charity", "asking how to donate old clothes"),
+    ("a community centre", "asking about hiring the hall for a party"),
+    ("a caterer", "asking for a vegetarian menu for forty guests"),
+    ("a guest speaker", "thanking them for an inspiring talk"),
+    ("a building manager", "asking for a parking permit"),
+    ("a headteacher", "proposing a lunchtime chess club"),
+    ("my colleagues", "inviting them to a leaving lunch"),
+    ("a translator", "asking for a quote to translate a contract"),
+    ("an author", "inviting them to speak at a book festival"),
+    ("my tenants", "announcing building repairs next month"),
+    ("my team", "reminding them about the holiday rota"),
+    ("a software company", "reporting a bug in their app"),
+    ("a garage", "booking a car in for a service"),
+    ("a city council", "asking for permission to hold a street party"),
+    ("a tour company", "asking about access for a wheelchair user"),
+    ("a parents' association", "organising a second-hand uniform sale"),
+    ("a former colleague", "suggesting we meet up for coffee"),
+    ("a recruiter", "politely declining a job offer"),
+    ("an estate agent", "asking to view a flat on Saturday"),
+    ("a vet", "asking about vaccinations for a new puppy"),
+    ("a hairdresser", "rescheduling an appointment"),
+    ("the club members", "announcing the date of the annual meeting"),
+)
+
+
+# --------------------------------------------------------------------------
+# Coding
+# --------------------------------------------------------------------------
+# "Write a {language} function that {x}."
+WIDE_CODE_TASKS: tuple[str, ...] = (
+    "returns the sum of the digits of an integer", "checks whether a number is a perfect square",
+    "converts a number of seconds into hours, minutes and seconds",
+    "returns the number of days between two dates", "checks whether a number is an Armstrong number",
+    "removes all whitespace from a string", "checks whether a number is a happy number",
+    "returns the n largest numbers in a list", "reverses a singly linked list",
+    "checks whether a binary tree is balanced", "computes the depth of a binary tree",
+    "implements a stack with push, pop and peek", "implements a queue using two stacks",
+    "converts a hexadecimal colour code like #FF8800 into RGB values",
+    "compresses a string using run-length encoding", "checks whether a sentence is a pangram",
+    "returns all permutations of a string", "returns all subsets of a list",
+    "raises a number to a power by repeated squaring", "returns the prime factors of an integer",
+    "computes the least common multiple of two integers", "merges two sorted lists into one sorted list",
+    "removes every occurrence of a value from a list", "moves all zeros in a list to the end",
+    "finds the first non-repeating character in a string", "checks whether a string contains only digits",
+    "shortens a string to n characters and adds an ellipsis",
+    "pads a number with leading zeros to a given width",
+    "formats an integer with commas as thousands separators",
+    "checks whether a string is a valid IPv4 address", "extracts all hashtags from a piece of text",
+    "extracts the domain name from a URL", "builds a URL query string from a dictionary of parameters",
+    "computes the distance between two points on a plane",
+    "checks whether a point lies inside a rectangle",
+    "computes the total price of a shopping cart including sales tax",
+    "applies a percentage discount to a list of prices", "calculates the monthly payment on a loan",
+    "prints the balance of a savings account year by year with compound interest",
+    "converts kilometres to miles", "calculates body mass index from weight and height",
+    "returns the day of the week for a given date", "adds a number of working days to a date",
+    "finds the busiest hour in a list of timestamps", "groups a list of records by a given field",
+    "counts the islands in a grid of 0s and 1s",
+    "finds the shortest path through a grid maze using breadth-first search",
+    "checks whether a directed graph contains a cycle",
+    "orders tasks so that each comes after the tasks it depends on",
+    "implements a small least-recently-used cache", "sorts a list using insertion sort",
+    "implements merge sort", "finds the kth smallest element in a list",
+    "finds the length of the longest run of equal values in a list",
+    "checks whether a list is sorted in ascending order",
+    "returns a list where each element is the product of all the other elements",
+    "finds the largest sum of any contiguous slice of a list",
+    "rotates a square matrix by 90 degrees clockwise", "multiplies two matrices",
+    "checks whether a completed sudoku grid is valid",
+    "plays one round of rock, paper, scissors against the computer",
+    "shuffles a deck of 52 playing cards", "converts a list of dictionaries into CSV text",
+    "masks all but the last four digits of a card number",
+    "checks whether a card number passes the Luhn check", "encrypts a message with a Caesar cipher",
+    "counts the set bits in an integer", "checks whether a number is a power of two",
+    "swaps the keys and values of a dictionary", "removes keys with empty values from a dictionary",
+    "finds the longest common prefix of a list of strings",
+    "checks whether one string is a rotation of another", "converts a sentence into Pig Latin",
+    "strips HTML tags from a string", "joins a list of words with commas and 'and' before the last one",
+    "returns the initials of a full name", "computes the median of a list of numbers",
+    "computes the standard deviation of a list of numbers",
+    "scales a list of numbers to the range 0 to 1", "rounds a price to the nearest five cents",
+    "converts a duration like 1h30m into minutes",
+    "evaluates a simple arithmetic expression containing only + and -",
+    "spells out a number below 1000 in words", "returns the nth triangular number",
+    "checks whether three lengths can form a triangle",
+    "finds the angle between the hands of a clock at a given time",
+    "generates the first n rows of Pascal's triangle",
+    "returns the elements that appear in exactly one of two lists",
+    "builds a dictionary from a list of keys and a list of values",
+    "replaces every vowel in a string with an asterisk", "merges overlapping intervals",
+    "checks whether two rectangles overlap", "checks who has won a game of tic-tac-toe",
+    "converts a 12-hour time like 2:30 PM into 24-hour format",
+    "collapses runs of spaces in a string into a single space", "checks whether a word is an isogram",
+    "computes the digital root of a number", "finds the peak element of a list that rises and then falls",
+    "checks whether a number reads as a valid ISBN-10", "removes the extension from a file name",
+)
+
+# "How do I {x} in {language}? Show a short example."
+WIDE_HOWTOS: tuple[str, ...] = (
+    "reverse a string", "convert a string to an integer", "join a list of strings with a separator",
+    "split a string on commas", "remove duplicates from an array", "find the length of an array",
+    "check whether a string starts with a given prefix", "generate a random number between 1 and 100",
+    "round a number to the nearest integer", "pause a program for one second",
+    "read an environment variable", "make an HTTP POST request with a JSON body",
+    "download a file from a URL", "list the files in a directory",
+    "create a directory if it does not exist yet", "copy a file to another folder", "delete a file",
+    "compute the SHA-256 hash of a string", "encode and decode Base64", "define an enum",
+    "test whether a value is in a set", "give a function parameter a default value",
+    "write a function that takes a variable number of arguments", "write an anonymous function",
+    "keep only the items of a list that match a condition", "get the last element of an array",
+    "add up the numbers in a list", "make a copy of an array", "swap the values of two variables",
+    "check the type of a variable", "pad a number with leading zeros", "insert variables into a string",
+    "trim whitespace from the ends of a string", "convert a string to uppercase",
+    "replace every occurrence of a substring", "check whether one string contains another",
+    "write a switch or match statement", "define a constant", "create a two-dimensional array",
+    "inherit from a base class", "make the fields of a class private", "use a priority queue",
+    "run a shell command and capture its output", "generate a UUID", "parse a URL into its parts",
+    "write a minimal web server that answers with Hello", "connect to a SQLite database",
+    "read a line of input from the user", "print coloured text in the terminal",
+    "compare two floating-point numbers safely",
+)
+
+# "In {field}, what is the difference between {a} and {b}? Give an example."
+WIDE_CONCEPT_PAIRS: tuple[tuple[str, str, str], ...] = (
+    ("a set", "a dictionary", "Python"), ("a function", "a method", "programming"),
+    ("a class", "an object", "object-oriented programming"), ("null", "undefined", "JavaScript"),
+    ("a promise", "a callback", "JavaScript"), ("a coroutine", "a thread", "Python"),
+    ("a generator", "a list comprehension", "Python"), ("*args", "**kwargs", "Python"),
+    ("a module", "a package", "Python"), ("an array", "a linked list", "data structures"),
+    ("a graph", "a tree", "data structures"),
+    ("depth-first search", "breadth-first search", "algorithms"),
+    ("merge sort", "quicksort", "algorithms"), ("O(n)", "O(log n)", "algorithm analysis"),
+    ("a primary key", "a foreign key", "SQL"), ("WHERE", "HAVING", "SQL"), ("DELETE", "TRUNCATE", "SQL"),
+    ("a view", "a table", "SQL"), ("SQL", "NoSQL databases", "databases"),
+    ("HTTP", "HTTPS", "networking"), ("an IP address", "a MAC address", "networking"),
+    ("GET", "POST", "HTTP"), ("a cookie", "local storage", "web development"),
+    ("props", "state", "React"), ("margin", "padding", "CSS"), ("flexbox", "CSS grid", "CSS"),
+    ("a struct", "a class", "C++"), ("a pointer", "a reference", "C++"),
+    ("the stack", "the heap", "memory management"), ("ownership", "borrowing", "Rust"),
+    ("a goroutine", "an OS thread", "Go"), ("a channel", "a mutex", "Go"),
+    ("ArrayList", "LinkedList", "Java"), ("checked", "unchecked exceptions", "Java"),
+    ("static", "instance methods", "Java"), ("authentication", "authorisation", "security"),
+    ("hashing", "encryption", "security"), ("a virtual machine", "a container", "computing"),
+    ("concurrency", "parallelism", "programming"), ("a library", "a framework", "software development"),
+)
+
+# "Given a table {schema}, write a SQL query that {task}."
+WIDE_SQL_TASKS: tuple[tuple[str, str], ...] = (
+    ("customers(id, name, country, joined_at)", "counts how many customers joined in each month of 2023"),
+    ("customers(id, name), orders(id, customer_id, total)",
+     "finds customers who have never placed an order"),
+    ("employees(id, name, manager_id)", "lists each employee with the name of their manager"),
+    ("sales(id, region, amount, sold_on)", "returns the total sales per region, largest first"),
+    ("movies(id, title, genre, rating)", "finds the three highest-rated movies in each genre"),
+    ("rentals(id, car_id, start_date, end_date)", "finds the cars that are rented out on 1 June 2024"),
+    ("payments(id, user_id, amount, paid_at)", "finds users whose payments add up to more than 1000"),
+    ("temperatures(city, recorded_on, celsius)", "finds the hottest day recorded in each city"),
+    ("patients(id, name, birth_date)", "lists patients who are older than 65"),
+    ("songs(id, title, artist, plays)", "returns artists whose songs have over a million plays in total"),
+    ("enrolments(student_id, course_id), courses(id, name)", "lists courses that have no students"),
+    ("logins(user_id, logged_in_at)", "finds users who logged in on three consecutive days"),
+    ("items(id, name, category, price)", "returns the average price in each category"),
+    ("inventory(warehouse, product_id, quantity)", "finds products stored in more than one warehouse"),
+    ("reviews(id, product_id, stars)", "lists products with at least ten reviews and an average below 3"),
+    ("matches(id, home_team, away_team, home_goals, away_goals)", "counts the home wins of each team"),
+    ("deliveries(id, driver_id, delivered_at, late)", "returns the share of late deliveries per driver"),
+    ("bookings(id, room_id, check_in, check_out)", "finds rooms that have overlapping bookings"),
+    ("transactions(id, account_id, amount, made_at)", "finds the largest withdrawal from each account"),
+    ("users(id, email, signed_up_at)", "finds email addresses that appear more than once"),
+    ("recipes(id, name), ingredients(recipe_id, ingredient)",
+     "lists recipes that use both garlic and lemon"),
+    ("taxi_trips(id, driver_id, fare, started_at)", "returns each driver's total fares in March 2024"),
+    ("departments(id, name), staff(id, name, department_id)",
+     "counts the staff in each department, including departments with nobody in them"),
+    ("prices(product_id, price, valid_from)", "returns the current price of each product"),
+    ("events(id, user_id, type, created_at)",
+     "counts distinct users per event type over the last 7 days"),
+    ("race_results(runner_id, country, finish_seconds)", "finds the fastest runner from each country"),
+    ("hotels(id, city, stars), stays(hotel_id, nights)", "returns the total nights stayed in each city"),
+    ("invoices(id, client_id, amount, due_date, paid_at)",
+     "lists unpaid invoices more than 30 days overdue"),
+    ("species(id, name), sightings(species_id, seen_on, count)",
+     "finds the species seen most often in 2024"),
+    ("menu_items(id, name, price), order_lines(order_id, item_id, quantity)",
+     "returns the revenue earned by each menu item"),
+)
+
+# "What is wrong with this code, and how would you fix it?\n\n{snippet}"
+WIDE_BUGGY_SNIPPETS: tuple[str, ...] = (
+    "def is_leap(year):\n    return year % 4 == 0 and year % 100 != 0",
+    "def factorial(n):\n    result = 1\n    for i in range(1, n):\n        result *= i\n    return result",
+    "def reverse(text):\n    return text[::1]",
+    "def first_n(items, n):\n    return items[1:n]",
+    "def contains(items, target):\n    for item in items:\n        if item == target:\n"
+    "            return True\n        else:\n            return False",
+    "def remove_negatives(xs):\n    for x in xs:\n        if x < 0:\n            xs.remove(x)\n"
+    "    return xs",
+    "def fizzbuzz(n):\n    if n % 3 == 0:\n        return 'Fizz'\n    elif n % 5 == 0:\n"
+    "        return 'Buzz'\n    elif n % 15 == 0:\n        return 'FizzBuzz'\n    return str(n)",
+    "def circle_area(r):\n    return 3.14159 * r * 2",
+    "def add_tax(price, rate):\n    return price + rate",
+    "def join_words(words):\n    result = ''\n    for w in words:\n        result + w + ' '\n"
+    "    return result.strip()",
+    "def middle(xs):\n    return xs[len(xs) / 2]",
+    "def is_adult(age):\n    if age > 18:\n        return True\n    return False",
+    "def percent(part, whole):\n    return part // whole * 100",
+    "def with_extra(xs, item):\n    new = xs\n    new.append(item)\n    return new",
+    "def average_length(words):\n    total = 0\n    for w in words:\n        total += len(w)\n"
+    "    return total / len(w)",
+    "def safe_get(d, key):\n    if key in d.keys:\n        return d[key]\n    return None",
+    "def shout_all(words):\n    for w in words:\n        w = w.upper()\n    return words",
+    "def split_time(seconds):\n    minutes = seconds / 60\n    rest = seconds % 60\n"
+    "    return minutes, rest",
+    "def compare(a, b):\n    if a = b:\n        return 'same'\n    return 'different'",
+    "def power(base, exp):\n    result = 1\n    for _ in range(exp):\n        result *= exp\n"
+    "    return result",
+    "def has_duplicates(xs):\n    return len(set(xs)) == len(xs)",
+    "def last_word(sentence):\n    return sentence.split()[1]",
+    "def is_weekend(day):\n    return day == 'Saturday' or 'Sunday'",
+    "def total_cost(items):\n    total = 0\n    for name, price in items:\n        total = price\n"
+    "    return total",
+    "def is_prime(n):\n    for d in range(2, n):\n        if n % d == 0:\n"
+    "            return False\n    return True",
+    "class Counter:\n    def __init__(self):\n        count = 0\n\n    def increment(self):\n"
+    "        self.count += 1",
+    "function isEmpty(arr) {\n  return arr.length = 0;\n}",
+    "function greet(name) {\n  return 'Hello, ' + Name + '!';\n}",
+    "function countdown(n) {\n  for (let i = n; i > 0; i++) {\n    console.log(i);\n  }\n}",
+    "function removeItem(arr, item) {\n  const i = arr.indexOf(item);\n  arr.splice(i, 1);\n"
+    "  return arr;\n}",
+)
+
+
+# --------------------------------------------------------------------------
+# Role-play
+# --------------------------------------------------------------------------
+# "You are {x}. Stay in character and ..." / "Pretend to be {x}. ..."
+WIDE_PERSONAS: tuple[str, ...] = (
+    "a beekeeper", "a conductor on a night train", "a zookeeper", "a marine biologist",
+    "a mountain guide", "a volcanologist", "a tailor", "a shoemaker", "a country doctor in the 1950s",
+    "a newspaper editor", "a late-night radio DJ", "a sports commentator", "a tennis coach",
+    "a swimming instructor", "a yoga teacher", "a primary school teacher",
+    "a head chef in a busy kitchen", "a street-food vendor", "a cheesemaker", "a vineyard owner",
+    "a farmer at harvest time", "a shepherd", "a fishmonger at the market", "a florist", "a tea merchant",
+    "a perfume maker", "a clockmaker", "a carpenter", "a stonemason building a cathedral", "a potter",
+    "a glassblower", "a landscape painter", "a street musician", "an opera singer", "a jazz pianist",
+    "a theatre director", "a film director", "a stage magician", "a circus acrobat", "a puppeteer",
+    "a poet", "a crossword setter", "an archaeologist on a dig", "a palaeontologist",
+    "a mapmaker in the 1500s", "a samurai in Edo-period Japan", "a medieval knight", "a court jester",
+    "a scribe in ancient Egypt", "a cowboy on a cattle drive", "a gold prospector in 1849",
+    "a polar explorer", "a deep-sea diver", "a mountain rescue volunteer", "a firefighter", "a paramedic",
+    "an air traffic controller", "an airline pilot", "a hotel concierge", "a taxi driver in a big city",
+    "a locksmith", "a vet", "a dog trainer", "a nutritionist", "a pharmacist", "a nurse on a night shift",
+    "a judge", "the mayor of a small town", "a diplomat", "a retired spy", "an inventor",
+    "a ghost in an old castle", "a fairy godmother", "a troll who guards a bridge", "a wise old tortoise",
+    "a genie", "a time traveller from the year 3000", "a gondolier in Venice", "a safari guide in Kenya",
+    "a ski instructor",
+)
+
+
+# --------------------------------------------------------------------------
+# Knowledge questions
+# --------------------------------------------------------------------------
+# "Explain {x}." / "Can you explain {x}?" / "Explain {x} to a twelve-year-old."
+WIDE_EXPLAIN: tuple[str, ...] = (
+    # technology and engineering
+    "how a microwave oven heats food", "how a touchscreen detects a finger",
+    "how noise-cancelling headphones work", "how an aeroplane wing creates lift",
+    "how a submarine dives and surfaces", "how a battery stores energy",
+    "how a wind turbine generates electricity", "how a nuclear power station makes electricity",
+    "how a dam produces hydroelectric power", "how an LED produces light",
+    "how a barcode scanner reads a barcode", "how a QR code stores information",
+    "how a smoke detector senses smoke", "how a suspension bridge carries its load",
+    "how a canal lock raises a boat", "how a zip fastener works",
+    "how a car engine turns fuel into motion", "how a sailing boat can sail against the wind",
+    "how a jet engine works", "how a 3D printer builds objects",
+    "how a digital camera sensor captures an image", "how speech recognition turns speech into text",
+    "how a spam filter recognises junk email", "how a search engine ranks web pages",
+    "how public-key encryption keeps messages private", "how Wi-Fi sends data through the air",
+    "how a compiler turns code into a program", "how a video is compressed for streaming",
+    "how a mobile phone network connects a call", "how an MRI scanner makes pictures of the body",
+    "how a pacemaker keeps a heart beating", "how a hydrogen fuel cell works",
+    "how a fire extinguisher puts out a fire", "how a dishwasher cleans dishes",
+    "how a pendulum clock keeps time", "how time zones work",
+    # animals and plants
+    "how bats use echolocation", "how birds migrate over long distances",
+    "how salmon find their way back to the river where they hatched", "how geckos climb walls",
+    "how spiders spin their webs", "how ants organise their colonies",
+    "how a caterpillar turns into a butterfly", "how camels survive in the desert",
+    "how penguins keep warm", "how fish breathe underwater", "how snakes move without legs",
+    "how animals hibernate through winter", "how a seed germinates", "how pollination works",
+    # the human body and health
+    "how the eye sees colour", "how the ear detects sound", "how the lungs take in oxygen",
+    "how the kidneys filter blood", "how the stomach digests food",
+    "how muscles grow stronger with exercise", "why we need sleep",
+    "how memories are stored in the brain", "how the sense of smell works",
+    "how a fever helps fight infection", "how allergies happen", "how blood clots when you cut yourself",
+    "how sunscreen protects the skin", "how caffeine keeps people awake",
+    # earth and space
+    "how lightning forms", "how hurricanes form", "how tornadoes form", "how snowflakes form",
+    "how caves form in limestone", "how mountains are pushed up by moving plates", "how a tsunami forms",
+    "how geysers erupt", "how fossils form", "how diamonds form", "how soil is made",
+    "how the Gulf Stream warms western Europe", "why the sea is salty", "why the Moon has phases",
+    "how a solar eclipse happens", "how astronomers measure the distance to stars",
+    "how a telescope makes distant things look closer", "how black holes form",
+    "how the Sun produces energy",
+    # food and everyday chemistry
+    "how cheese is made", "how chocolate is made from cacao beans", "how coffee beans are roasted",
+    "how paper is made from wood", "how glass is made", "how steel is made from iron ore",
+    "how concrete hardens", "why onions make you cry", "why popcorn pops",
+    "how pasteurisation keeps milk safe", "how drinking water is made safe",
+    "how compost turns waste into soil", "how fireworks get their colours", "how a magnet attracts iron",
+    "how sound travels through the air",
+    # society, economics, history and culture
+    "how banks create money", "how interest rates affect borrowing", "how insurance spreads risk",
+    "how supply and demand set prices", "how taxes pay for public services", "how a mortgage works",
+    "how exchange rates are set", "how a central bank fights inflation",
+    "how votes are counted in an election", "how a jury reaches a verdict",
+    "how the United Nations makes decisions", "how languages change over time",
+    "how children learn to speak", "how a conductor keeps an orchestra together",
+    "how a vinyl record stores music", "how perspective makes a painting look deep",
+    "how the ancient Egyptians built the pyramids", "how the Black Death spread through Europe",
+    # sport
+    "how spin makes a football curve in the air", "how the dimples on a golf ball help it fly",
+    "how training at altitude helps athletes", "how a marathon runner's body uses energy",
+)
+
+# "Tell me three interesting facts about {x}." / "Why is {x} important? ..."
+# Singular or mass nouns, so that "Why is {x} important?" also reads well.
+WIDE_THINGS: tuple[str, ...] = (
+    # places
+    "the Taj Mahal", "the Grand Canyon", "the Danube", "the Mississippi River", "the Yangtze River",
+    "the Ganges", "Lake Baikal", "the Dead Sea", "the Andes mountain range", "Mount Kilimanjaro",
+    "Mount Fuji", "the Atacama Desert", "the Gobi Desert", "the Serengeti", "Madagascar",
+    "the Galápagos archipelago", "Greenland", "Victoria Falls", "Venice", "Istanbul", "Kyoto", "Timbuktu",
+    "New Zealand",
+    # animals and plants
+    "the African elephant", "the giraffe", "the polar bear", "the giant panda", "the kangaroo",
+    "the platypus", "the axolotl", "the grey wolf", "the bald eagle", "the hummingbird", "the albatross",
+    "the sea turtle", "the great white shark", "the monarch butterfly", "the tardigrade",
+    "the three-toed sloth", "the orangutan", "the giant sequoia", "the baobab tree", "bamboo",
+    "the sunflower", "the Venus flytrap", "rice", "the potato", "wheat", "the cacao tree",
+    # science and technology
+    "the brain", "the immune system", "the microscope", "electricity", "gravity", "the Big Bang",
+    "the Milky Way", "Saturn", "the Sun", "Halley's Comet", "the ozone layer", "the carbon cycle",
+    "plate tectonics", "the metric system", "penicillin", "the telephone", "the transistor",
+    "the World Wide Web", "the smartphone", "the jet engine", "the wheel", "the plough",
+    "the shipping container",
+    # engineering landmarks
+    "the Panama Canal", "the Suez Canal", "the Channel Tunnel", "the Golden Gate Bridge",
+    "the Trans-Siberian Railway",
+    # history
+    "the Ottoman Empire", "the Mongol Empire", "the Inca Empire", "ancient Egypt",
+    "the Aztec civilisation", "the Viking Age", "the Black Death", "the French Revolution",
+    "the Ming dynasty", "the Indus Valley civilisation", "the Statue of Liberty", "Magna Carta",
+    "the Rosetta Stone", "Stonehenge", "Machu Picchu", "Angkor Wat", "Petra", "the Terracotta Army",
+    "the Berlin Wall", "the Great Depression", "the Meiji Restoration", "the Enlightenment",
+    "Great Zimbabwe", "the Kingdom of Benin",
+    # arts, sport, food
+    "the Mona Lisa", "jazz", "the Sydney Opera House", "ballet", "origami", "kabuki theatre", "flamenco",
+    "the Bayeux Tapestry", "the Sistine Chapel ceiling", "the football World Cup", "Wimbledon", "chess",
+    "cricket", "sumo wrestling", "chocolate", "tea", "sushi", "the tomato", "the Red Cross",
+)
+
+# "Who was {x}, and why are they remembered?" / "What was {x}'s most important contribution?"
+WIDE_PEOPLE: tuple[str, ...] = (
+    "Confucius", "Cleopatra", "Ashoka", "Archimedes", "Aristotle", "Avicenna", "Al-Khwarizmi",
+    "Murasaki Shikibu", "Genghis Khan", "Mansa Musa", "Joan of Arc", "Johannes Gutenberg",
+    "Nicolaus Copernicus", "Johannes Kepler", "Michelangelo", "William Shakespeare",
+    "Miguel de Cervantes", "Rembrandt van Rijn", "Johann Sebastian Bach", "Ludwig van Beethoven",
+    "Catherine the Great", "Carl Linnaeus", "Antoine Lavoisier", "Mary Wollstonecraft", "Simón Bolívar",
+    "Toussaint Louverture", "Harriet Tubman", "Abraham Lincoln", "Louis Pasteur", "Gregor Mendel",
+    "Michael Faraday", "James Clerk Maxwell", "Dmitri Mendeleev", "Leo Tolstoy", "Vincent van Gogh",
+    "Katsushika Hokusai", "Rabindranath Tagore", "Srinivasa Ramanujan", "Sun Yat-sen",
+    "Mustafa Kemal Atatürk", "Albert Einstein", "Emmeline Pankhurst", "Amelia Earhart", "Louis Armstrong",
+    "Pablo Picasso", "Pablo Neruda", "Gabriel García Márquez", "Chinua Achebe", "Kwame Nkrumah",
+    "Rosa Parks", "Akira Kurosawa", "Jesse Owens", "Pelé", "Muhammad Ali", "Roald Amundsen",
+    "Rachel Carson", "Alexander von Humboldt", "Alexander Fleming", "Edward Jenner", "Maria Montessori",
+)
+
+# "What is the difference between {a} and {b}?"
+WIDE_COMPARE: tuple[tuple[str, str], ...] = (
+    ("a dolphin", "a porpoise"), ("a butterfly", "a moth"), ("a bee", "a wasp"),
+    ("a turtle", "a tortoise"), ("a seal", "a sea lion"), ("a leopard", "a cheetah"),
+    ("a crow", "a raven"), ("an ape", "a monkey"), ("a bison", "a buffalo"), ("a tree", "a shrub"),
+    ("an annual plant", "a perennial plant"), ("a fruit", "a vegetable"),
+    ("baking soda", "baking powder"), ("a herb", "a spice"), ("a latte", "a cappuccino"),
+    ("jam", "marmalade"), ("butter", "margarine"), ("a stew", "a soup"), ("a hurricane", "a tornado"),
+    ("a glacier", "an iceberg"), ("a mountain", "a hill"), ("a bay", "a gulf"), ("lava", "magma"),
+    ("a rock", "a mineral"), ("a star", "a planet"), ("a solar eclipse", "a lunar eclipse"),
+    ("astronomy", "astrology"), ("an element", "a compound"), ("an acid", "a base"),
+    ("heat", "temperature"), ("mass", "weight"), ("alternating current", "direct current"),
+    ("a conductor", "an insulator"), ("a headache", "a migraine"), ("a tendon", "a ligament"),
+    ("an artery", "a vein"), ("a vitamin", "a mineral"), ("a psychologist", "a psychiatrist"),
+    ("an allergy", "an intolerance"), ("a sprain", "a fracture"), ("a simile", "a metaphor"),
+    ("a novel", "a novella"), ("an opera", "a musical"), ("a myth", "a legend"),
+    ("a biography", "an autobiography"), ("a dialect", "a language"), ("a fresco", "a mural"),
+    ("empathy", "sympathy"), ("a salary", "a wage"), ("inflation", "deflation"),
+    ("a recession", "a depression"), ("a tax", "a tariff"), ("revenue", "profit"),
+    ("a debit card", "a credit card"), ("a loan", "a grant"), ("a canoe", "a kayak"),
+    ("a train", "a tram"), ("the internet", "the World Wide Web"), ("a router", "a modem"),
+    ("rugby", "American football"),
+)
+
+
+WIDE_POOLS: dict[str, tuple] = {
+    "WRITING_TOPICS": WIDE_WRITING_TOPICS,
+    "STORY_PREMISES": WIDE_STORY_PREMISES,
+    "PRODUCTS": WIDE_PRODUCTS,
+    "CLAIMS": WIDE_CLAIMS,
+    "OCCASIONS": WIDE_OCCASIONS,
+    "EMAIL_PURPOSES": WIDE_EMAIL_PURPOSES,
+    "CODE_TASKS": WIDE_CODE_TASKS,
+    "HOWTOS": WIDE_HOWTOS,
+    "CONCEPT_PAIRS": WIDE_CONCEPT_PAIRS,
+    "SQL_TASKS": WIDE_SQL_TASKS,
+    "PERSONAS": WIDE_PERSONAS,
+    "EXPLAIN": WIDE_EXPLAIN,
+    "THINGS": WIDE_THINGS,
+    "PEOPLE": WIDE_PEOPLE,
+    "COMPARE": WIDE_COMPARE,
+    "BUGGY_SNIPPETS": WIDE_BUGGY_SNIPPETS,
+}
