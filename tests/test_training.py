@@ -270,3 +270,16 @@ def test_step_accept_walks_each_sequence_as_vllm_steps():
     # Teacher-forced averaging would give 1 + 3/7: easy stretches are counted once per position.
     assert step_accept(torch.tensor([0, 0, 0]), torch.tensor([5, 5, 5])) == 6.0
     assert step_accept(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)) == 0.0
+
+
+def test_evaluation_walk_starts_where_vllm_drafts_first():
+    """The walk skips positions before answer start - 1: vLLM samples the answer's first
+    token from the prompt and drafts from the last prompt token on."""
+    seqs = T.Sequences([list(range(2, 12))], [4])  # answer = tokens 4..9
+    data = T.Dataset.build(seqs, torch.zeros(10, 8), 2, include_prompt=False)
+    assert data.drafted.tolist() == [False] * 3 + [True] * 7
+    run = torch.tensor([2, 2, 2, 0, 2, 0, 0, 2, 0, 0])
+    rows = torch.arange(10)
+    # from t=3: 1 token, t=4: 3 tokens, t=7: 3 tokens, t=10 ends -> 7 tokens in 3 steps
+    assert T._walk(data, rows, run) == pytest.approx(7 / 3)
+    assert T.step_accept(data.seq, run) != pytest.approx(7 / 3)  # from t=0 it would differ

@@ -89,11 +89,15 @@ class Dataset:
     targets: torch.Tensor
     seq: torch.Tensor
     context: torch.Tensor | None = None
+    # [N] bool: position t >= answer start - 1, where vLLM drafts first (after
+    # sampling the answer's first token from the prompt); None: every position
+    drafted: torch.Tensor | None = None
 
     @classmethod
     def build(cls, seqs: Sequences, hidden: torch.Tensor, num_heads: int, include_prompt: bool) -> "Dataset":
         targets, seq = build_targets(seqs, num_heads, include_prompt)
-        return cls(hidden, targets, seq, build_context(seqs, num_heads))
+        drafted = torch.cat([torch.arange(len(ids)) >= start - 1 for ids, start in zip(seqs.ids, seqs.answer_start)])
+        return cls(hidden, targets, seq, build_context(seqs, num_heads), drafted)
 
     def split(self, eval_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Row indices (train, eval) of positions that have a target; split by sequence."""
@@ -374,13 +378,19 @@ def evaluate(
     return {
         "eval_positions": int(counts[0].item()),
         "chain_accept": round(1 + chain_sum / max(chain_n, 1), 4),
-        "step_accept": round(step_accept(data.seq[rows], torch.cat(runs) if runs else torch.zeros(0)), 4),
+        "step_accept": round(_walk(data, rows, torch.cat(runs) if runs else torch.zeros(0, dtype=torch.long)), 4),
         "top1": [round(a[0], 4) for a in acc],
         "top5": [round(a[4], 4) for a in acc],
         "topk_accuracy": [[round(x, 4) for x in a] for a in acc],
         "rank_accuracy": [[round(x, 4) for x in r] for r in (hits / counts.clamp(min=1).unsqueeze(1)).tolist()],
         "eval_loss": [round(x, 4) for x in (loss_sum / counts.clamp(min=1)).tolist()],
     }
+
+
+def _walk(data: Dataset, rows: torch.Tensor, run: torch.Tensor) -> float:
+    """step_accept over `rows`, each answer walked from where vLLM drafts first."""
+    keep = data.drafted[rows] if data.drafted is not None else torch.ones(len(rows), dtype=torch.bool)
+    return step_accept(data.seq[rows][keep], run[keep])
 
 
 def step_accept(seq: torch.Tensor, run: torch.Tensor) -> float:
