@@ -94,8 +94,12 @@ class Picker:
 
     def main(self, pool: Sequence[T]) -> T:
         """An item of this split's share of a main pool (see `bench_share`)."""
+        return self.rng.choice(self.share(pool))
+
+    def share(self, pool: Sequence[T]) -> list[T]:
+        """This split's items of a main pool, in pool order."""
         bench = bench_share(pool)
-        return self.rng.choice([x for x in pool if (_key(x) in bench) == self.bench])
+        return [x for x in pool if (_key(x) in bench) == self.bench]
 
     def any(self, pool: Sequence[T]) -> T:
         return self.rng.choice(pool)
@@ -121,9 +125,7 @@ class WidePicker(Picker):
         self.extra = {id(globals()[name]): pool for name, pool in WIDE_POOLS.items()}
 
     def main(self, pool: Sequence[T]) -> T:
-        bench = bench_share(pool)
-        own = [x for x in pool if _key(x) not in bench]
-        return self.rng.choice(own + list(self.extra.get(id(pool), ())))
+        return self.rng.choice(self.share(pool) + list(self.extra.get(id(pool), ())))
 
 
 def _key(item: object) -> str:
@@ -897,8 +899,9 @@ def _category_prompts(category: str, split: str, count: int, seed: int,
         if len(seen) == count:
             break
         text = make(picker)
-        if normalise(text) not in exclude:
-            seen.setdefault(normalise(text), text)
+        key = normalise(text)
+        if key not in exclude:
+            seen.setdefault(key, text)
     if len(seen) < count:
         raise NFoxHeadError(
             f"only {len(seen)} distinct {split} prompts for {category!r}, {count} asked",

@@ -25,9 +25,8 @@ from .errors import NFoxHeadError
 from .format import check_base_compat, validate_heads_dir
 from .smollm2 import CACHE_ENV
 from .training import (
-    join_sequences,
     Dataset, TrainConfig, cache_key, cached_hidden_states, data_summary, embed_weight, evaluate,
-    Sequences, lm_head_weight, load_base, metrics_json, pick_device, read_sequences, save_trained,
+    join_sequences, Sequences, lm_head_weight, load_base, metrics_json, pick_device, read_sequences, save_trained,
     seed_everything, train_heads,
 )
 
