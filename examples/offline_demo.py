@@ -21,6 +21,8 @@ from typing import Any
 
 from vllm import LLM, SamplingParams
 
+from vllm_nfoxhead.dtype_choice import AUTO_HELP, DTYPE_CHOICES, resolve_dtype
+
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_HEADS = REPO / "heads" / "smollm2-nfoxhead"
 CACHE = Path(os.environ.get("VLLM_NFOXHEAD_CACHE", "~/.cache/vllm-nfoxhead")).expanduser()
@@ -35,10 +37,12 @@ def parse_args() -> argparse.Namespace:
                    help="tree preset or JSON rank paths (default: the heads' own tree, else mc_sim_16)")
     p.add_argument("--num-prompts", type=int, default=6, help="held-out prompts to answer (default 6)")
     p.add_argument("--max-tokens", type=int, default=128, help="tokens per answer at most (default 128)")
-    p.add_argument("--dtype", default="bfloat16",
-                   help="engine dtype (default bfloat16, as served; float32 rules out rounding differences)")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
+                   help=f"engine dtype (float32 rules out rounding differences); {AUTO_HELP}")
     p.add_argument("--kv-cache-gib", type=float, default=0.5, help="KV cache size for the CPU backend (default 0.5)")
-    return p.parse_args()
+    args = p.parse_args()
+    args.dtype = resolve_dtype(args.dtype)
+    return args
 
 
 def setup(args: argparse.Namespace) -> tuple[Path, Path, list[Any]]:

@@ -68,3 +68,12 @@ def test_tree_overhead_moves_batch_one_to_the_chain():
     assert costly.choose(1).kind == "chain"
     tree = next(s for s in costly.shapes if s.kind == "tree")
     assert costly.rate(tree, 2) == pytest.approx(2 * tree.expected_tokens / (costly.cost(16) + 2.2))
+
+
+def test_lookup_only_is_offered_but_never_the_models_pick():
+    """Its yield depends on the prompts, so only the run-time tuner measures and picks it."""
+    policy = LoadPolicy(ACC, {1: 5.0, 64: 50.0}, 4, TREE, lookup=True)  # a step of 2 tokens: 5 plain ones
+    assert [s.kind for s in policy.shapes][:2] == ["none", "lookup"]
+    assert policy.choose(1).kind == "none"
+    assert all(policy.choose(b).kind != "lookup" for b in range(1, 65))
+    assert "lookup" not in policy.describe(64)

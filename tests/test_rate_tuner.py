@@ -110,6 +110,46 @@ def test_batch_sizes_keep_their_own_step_times():
     assert tuner.choose(16) == NONE
 
 
+def test_a_larger_batch_starts_from_a_smaller_ones_measured_choice():
+    # Measured at batch 8: speculation does not pay. Batch 12, never seen, would start
+    # at the prior's chain(2); it starts with no drafts instead and keeps that if it holds.
+    rng = random.Random(4)
+    tuner = RateTuner(SHAPES, prior=lambda b: C2)
+    slow = {NONE: 1.0, C1: 1.6, C2: 2.2, C3: 2.8, T6: 6.0}
+    drive(tuner, 8, slow, [0.3, 0.3, 0.3], 60, rng)
+    assert tuner.choose(8) == NONE
+    assert tuner.choose(12) == NONE
+    assert tuner.choose(4) == C2  # a smaller batch is not bounded by a larger one's choice
+    chosen = drive(tuner, 12, slow, [0.3, 0.3, 0.3], 60, rng)
+    assert chosen.count(C2) == 0 and chosen[-50:].count(NONE) >= 47
+
+
+def test_lookup_alone_wins_where_heads_do_not_pay():
+    # A float32 CPU on one thread: 2 tokens cost 1.6 plain steps, so heads adding
+    # about half a token lose, while the 30% of requests with a lookup match keep 3.
+    rng = random.Random(5)
+    lookup = DraftShape("lookup", 0, 1.0)
+    shapes = [NONE, lookup, C1, C2, C3, T6]
+    tuner = RateTuner(shapes, prior=lambda b: C3, lookup_cap=lambda s: 8 if s.kind != "chain" else s.nodes)
+    seconds = {NONE: 1.0, lookup: 1.2, C1: 1.6, C2: 1.65, C3: 1.7, T6: 2.6}
+    chosen = []
+    for _ in range(400):
+        shape = tuner.choose(1)
+        chosen.append(shape)
+        if shape.kind != "none":
+            if rng.random() < 0.3:
+                tuner.record_request(shape, LOOKUP, 8, 3)
+            elif shape.kind == "lookup":
+                tuner.record_miss()
+            elif shape.kind == "chain":
+                tuner.record_request(shape, HEADS, shape.nodes, accepted(rng, shape.nodes, [0.45, 0.35, 0.3]))
+            else:
+                tuner.record_request(shape, TREE, shape.nodes, accepted(rng, 3, [0.6, 0.4, 0.3]))
+        tuner.record_time(1, shape, seconds[shape])
+    assert tuner.tokens(lookup) == pytest.approx(0.3 * 4 + 0.7, abs=0.2)
+    assert chosen[-100:].count(lookup) >= 90
+
+
 def test_follows_a_slower_machine_after_reprobing():
     rng = random.Random(3)
     tuner = RateTuner(SHAPES, prior=lambda b: C3, reprobe_every=50)

@@ -28,9 +28,9 @@ from .errors import NFoxHeadError
 from .tree_builder import Accuracies, checked_costs, expected_accept
 
 # Measured on 2026-11-29 with `python -m vllm_nfoxhead.verify_cost --sizes 1 2 4 8 12 16 24 32
-# 64 128 --repeats 21` for SmolLM2-135M (bf16) on the project's 2-core CPU (N drafts -> cost of
-# scoring N+1 tokens); used on the CPU platform when no cost table is given. Measure yours:
-# it is hardware-bound.
+# 64 128 --repeats 21` for SmolLM2-135M (bf16) on a 2-core x86 CPU with AVX512-BF16 (N drafts ->
+# cost of scoring N+1 tokens); used on CPUs with native bf16 when no cost table is given.
+# Measure yours: it is hardware-bound.
 CPU_DEFAULT_COST: dict[int, float] = {1: 1.04, 2: 1.10, 4: 1.15, 8: 1.24, 12: 1.30, 16: 1.44,
                                       24: 1.61, 32: 1.99, 64: 3.05, 128: 4.96}
 # Measured on 2026-11-29 with `python -m vllm_nfoxhead.bench --num-prompts 10 --concurrency 1`:
@@ -38,15 +38,32 @@ CPU_DEFAULT_COST: dict[int, float] = {1: 1.04, 2: 1.10, 4: 1.15, 8: 1.24, 12: 1.
 # predicts 1.28 for its 12 tokens (the chain's step matched the table: 1.15). On CPU the
 # tree's mask fix-up recomputes attention over the whole prefix per layer and request.
 CPU_TREE_OVERHEAD = 1.1
+# The same two measurements on 2026-12-02 on a 2-core AMD EPYC with AVX2 only, where vLLM
+# serves in float32 (dtype_choice.py) on one torch thread: `verify_cost ... --repeats 41`,
+# and a 10-prompt bench with the policy off (the 11-node tree with lookup: 2.30 plain steps
+# against the table's 1.91). Scoring 2 tokens already costs 1.65 plain steps here, so heads
+# that add about half a token per step do not pay, and the tuner's 'lookup' shape matters.
+CPU_FP32_COST: dict[int, float] = {1: 1.65, 2: 1.99, 4: 1.66, 8: 1.88, 12: 1.92, 16: 2.06,
+                                   24: 2.26, 32: 2.57, 64: 3.60, 128: 5.81}
+CPU_FP32_TREE_OVERHEAD = 0.4
+
+
+def cpu_defaults(bf16_native: bool) -> tuple[dict[int, float], float]:
+    """(cost table, tree overhead) measured on the project's CPU of this kind."""
+    return (CPU_DEFAULT_COST, CPU_TREE_OVERHEAD) if bf16_native else (CPU_FP32_COST, CPU_FP32_TREE_OVERHEAD)
 
 
 @dataclass(frozen=True)
 class DraftShape:
-    """What to draft this step: 'tree', 'chain' (`nodes` tokens) or 'none'."""
+    """What to draft this step: 'tree', 'chain' (`nodes` tokens), 'lookup' (prompt-lookup
+    continuations only, no heads: requests without a match draft nothing) or 'none'."""
 
     kind: str
     nodes: int
     expected_tokens: float  # per request and step, bonus token included
+
+
+LOOKUP_ONLY = DraftShape("lookup", 0, 1.0)
 
 
 class LoadPolicy:
@@ -54,9 +71,11 @@ class LoadPolicy:
 
     def __init__(self, rank_accuracy: Accuracies, cost_per_drafts: Mapping[int, float],
                  num_chain: int, tree_paths: Sequence[Sequence[int]] | None = None,
-                 tree_overhead: float = 0.0) -> None:
+                 tree_overhead: float = 0.0, lookup: bool = False) -> None:
         self.tree_overhead = tree_overhead  # plain steps per tree request and step
         self.shapes = [DraftShape("none", 0, 1.0)]
+        if lookup:  # its yield is prompt-dependent: only measured (rate_tuner), never the model's pick
+            self.shapes.append(LOOKUP_ONLY)
         for k in range(1, num_chain + 1):
             self.shapes.append(DraftShape("chain", k, 1.0 + expected_accept([[0] * d for d in range(1, k + 1)],
                                                                              rank_accuracy)))
@@ -88,6 +107,8 @@ class LoadPolicy:
         if batch not in self._memo:
             best = self.shapes[0]
             for shape in self.shapes[1:]:
+                if shape.kind == "lookup":
+                    continue
                 if self.rate(shape, batch) > self.rate(best, batch) * 1.0001:
                     best = shape
             self._memo[batch] = best
@@ -104,7 +125,7 @@ class LoadPolicy:
                 spans.append((shape, b, b))
         parts = []
         for shape, lo, hi in spans:
-            name = "none" if shape.kind == "none" else f"{shape.kind}({shape.nodes})"
+            name = shape.kind if shape.kind in ("none", "lookup") else f"{shape.kind}({shape.nodes})"
             parts.append(f"{name} from {lo}" if hi == max_batch else
                          f"{name} at {lo}" + (f"-{hi}" if hi > lo else ""))
         return ", ".join(parts) + " concurrent requests"

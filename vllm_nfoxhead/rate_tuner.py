@@ -23,6 +23,11 @@ from two measurements kept apart because they behave differently:
   measured when drafted, otherwise it is its prior scaled like the chain's.
   Prompt-lookup drafts are kept apart (their own counterfactual per shape) and
   mixed in by the measured share of requests that found a lookup match.
+- 'lookup' (copied continuations only, no heads) is probed wherever it has no
+  fresh step times: where verifying a few extra tokens costs much more than
+  one (a CPU computing in float32 on one thread: 2 tokens cost 1.65 plain
+  steps), heads that add half a token per step lose, while a lookup match
+  that adds two or three still wins.
 Comparing stale windows of raw tokens/s instead made a first version flip
 between chain lengths on every prompt change.
 """
@@ -39,7 +44,7 @@ HEADS, LOOKUP, TREE = "heads", "lookup", "tree"  # what drafted a request's toke
 
 
 def shape_name(shape: DraftShape) -> str:
-    return "none" if shape.kind == "none" else f"{shape.kind}({shape.nodes})"
+    return shape.kind if shape.kind in ("none", "lookup") else f"{shape.kind}({shape.nodes})"
 
 
 @dataclass
@@ -74,6 +79,7 @@ class RateTuner:
         self.margin = margin  # another shape must beat the current one by this fraction
         self.on_switch = on_switch  # told (old, new, in words) whenever a batch size changes shape
         self.chains = [s for s in self.shapes if s.kind == "chain"]
+        self.lookup_only = next((s for s in self.shapes if s.kind == "lookup"), None)
         drafting = [s for s in self.shapes if s.kind != "none"]
         self._heads = {s: _Mean(decay) for s in drafting}  # tokens of heads-drafted requests
         self._lookup = {s: _Mean(decay) for s in drafting}  # tokens of lookup-drafted requests
@@ -81,6 +87,7 @@ class RateTuner:
         self._times: dict[tuple[int, DraftShape], deque[tuple[int, float]]] = {}
         self._steps: dict[int, int] = {}  # steps recorded per batch size
         self._chosen: dict[int, DraftShape] = {}
+        self._confirmed: dict[int, DraftShape] = {}  # choices made from measured rates
         # Prior conditional acceptance of chain position j given j-1 accepted, from the model.
         extra = [0.0] + [s.expected_tokens - 1.0 for s in self.chains]
         reach = [extra[j + 1] - extra[j] for j in range(len(self.chains))]  # P(positions 0..j kept)
@@ -100,7 +107,7 @@ class RateTuner:
         """A request drafted `drafted` tokens under `shape` (from `source`) and kept `accepted`."""
         if drafted <= 0 or shape not in self.shapes:
             return
-        self._lookup_share.add(float(source == LOOKUP))
+        self._lookup_share.add(float(source == LOOKUP))  # under 'lookup', misses come by record_miss
         if source == TREE:
             self._heads[shape].add(1.0 + accepted)
         elif source == HEADS:
@@ -109,6 +116,10 @@ class RateTuner:
         else:
             for other, mean in self._lookup.items():
                 mean.add(self._counterfactual(source, drafted, accepted, self.lookup_cap(other)))
+
+    def record_miss(self) -> None:
+        """Under 'lookup', a request found no match and drafted nothing."""
+        self._lookup_share.add(0.0)
 
     def _counterfactual(self, source: str, drafted: int, accepted: int, cap: int) -> float:
         """Tokens the request would have yielded with `cap` drafts of the same source."""
@@ -126,7 +137,7 @@ class RateTuner:
         """Expected tokens per request and step under `shape` (bonus token included)."""
         if shape.kind == "none":
             return 1.0
-        heads = self._heads_tokens(shape)
+        heads = 1.0 if shape.kind == "lookup" else self._heads_tokens(shape)
         lookup, share = self._lookup[shape].value(), self._lookup_share.value() or 0.0
         return heads if lookup is None else share * lookup + (1.0 - share) * heads
 
@@ -156,7 +167,7 @@ class RateTuner:
     def choose(self, batch: int) -> DraftShape:
         """The shape to draft for a step of `batch` decoding requests."""
         rates = {s: r for s in self.shapes if (r := self.rate(batch, s)) is not None}
-        start = self._chosen.get(batch) or self.prior(batch)
+        start = self._chosen.get(batch) or self._start(batch)
         if start not in rates:
             return self._pick(batch, start if start in self.shapes else self.shapes[0])
         best = max(rates, key=rates.__getitem__)
@@ -166,11 +177,29 @@ class RateTuner:
         for j in (i - 1, i + 1):  # probe the neighbours of the best shape
             if 0 <= j < len(self.shapes) and self.shapes[j] not in rates:
                 return self.shapes[j]
+        if self.lookup_only is not None and self.lookup_only not in rates:
+            return self.lookup_only  # lookup alone is no step from the rest: always probe it
         return self._pick(batch, best, rates)
+
+    def _start(self, batch: int) -> DraftShape:
+        """Where a batch size not seen before starts: the prior, but no more drafting than
+        measurements chose at the nearest smaller batch size. Verifying drafts only grows
+        costlier relative to their gain as the batch grows, so a smaller batch's measured
+        choice bounds a larger one's; without this, every batch size of a fluctuating
+        load had to find out on its own that speculation no longer pays."""
+        start = self.prior(batch)
+        smaller = [b for b in self._confirmed if b < batch]
+        if smaller and start in self.shapes:
+            bound = self._confirmed[max(smaller)]
+            if self.shapes.index(bound) < self.shapes.index(start):
+                return bound
+        return start
 
     def _pick(self, batch: int, shape: DraftShape, rates: dict[DraftShape, float] | None = None) -> DraftShape:
         old = self._chosen.get(batch)
         self._chosen[batch] = shape
+        if rates:
+            self._confirmed[batch] = shape
         if old is not None and old != shape and rates and self.on_switch:
             self.on_switch(old, shape, f"at batch {batch}, {shape_name(shape)} measured {rates[shape]:.1f} tok/s "
                                        f"against {rates.get(old, 0.0):.1f} for {shape_name(old)}: switching")

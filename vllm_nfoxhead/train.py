@@ -14,6 +14,7 @@ directory with the metrics in config.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 from dataclasses import fields
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .dtype_choice import AUTO_HELP, DTYPE_CHOICES, fast_dtype, resolve_dtype
 from .errors import NFoxHeadError
 from .format import check_base_compat, validate_heads_dir
 from .smollm2 import CACHE_ENV
@@ -73,11 +75,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--include-prompt", action="store_true", help="also train on targets inside the prompt")
     p.add_argument("--eval-fraction", type=float, default=d.eval_fraction, help="held-out share of sequences")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device, help="auto: CUDA when available (default %(default)s)")
-    p.add_argument("--base-dtype", choices=("bfloat16", "float32"), default=d.base_dtype,
-                   help="dtype of the frozen base model when computing hidden states (default bfloat16, "
-                   "what vLLM serves the checkpoint in; float32 is about 2x slower on CPU)")
+    p.add_argument("--base-dtype", choices=DTYPE_CHOICES, default=d.base_dtype,
+                   help="dtype of the frozen base model when computing hidden states; use what vLLM will "
+                        f"serve in. {AUTO_HELP}")
     p.add_argument("--no-amp", dest="amp", action="store_false",
-                   help="run the head matmuls in float32 instead of bf16 autocast")
+                   help="run the head matmuls in float32 instead of bf16 autocast (autocast is used only "
+                        "where bf16 is native: see --base-dtype)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed for initialisation, shuffling and the held-out split (default %(default)s)")
     p.add_argument("--cache-dir", default=None, help=f"hidden-state cache (default $ {CACHE_ENV}/hidden-states or ~/.cache/vllm-nfoxhead/hidden-states)".replace("$ ", "$"))
     p.add_argument("--threads", type=int, default=None,
@@ -108,6 +111,8 @@ def run(args: argparse.Namespace) -> Path:
         torch.set_num_threads(args.threads)
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
+    cfg = dataclasses.replace(cfg, base_dtype=resolve_dtype(cfg.base_dtype, device.type),
+                              amp=cfg.amp and fast_dtype(device.type) == "bfloat16")
     parts = [read_sequences(f, cfg.max_len) for f in args.data]
     seqs = join_sequences(parts)
     eval_seqs = read_sequences(args.eval_data, cfg.max_len) if args.eval_data else None

@@ -36,6 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .dtype_choice import resolve_dtype
 from .errors import NFoxHeadError
 from .format import HeadsConfig, save_heads
 from .heads import NFoxHeads
@@ -64,7 +65,7 @@ class TrainConfig:
     eval_fraction: float = 0.05
     seed: int = 0
     device: str = "auto"
-    base_dtype: str = "bfloat16"  # the served model computes in bf16 too; 2x faster than fp32 on CPU
+    base_dtype: str = "auto"  # bf16 where native (as vLLM serves it), else float32: dtype_choice.py
     amp: bool = True  # bf16 autocast for the head matmuls (master weights stay float32)
     train_vocab: str = "seen"  # "seen": softmax over target ids of the training split; "full"
 
@@ -208,13 +209,13 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def load_base(model_dir: str | os.PathLike[str], device: torch.device, dtype: str = "bfloat16") -> nn.Module:
-    """The frozen base model (transformers), in eval mode."""
+def load_base(model_dir: str | os.PathLike[str], device: torch.device, dtype: str = "auto") -> nn.Module:
+    """The frozen base model (transformers), in eval mode; dtype "auto" as in dtype_choice."""
     from transformers import AutoModelForCausalLM
 
     if not (Path(model_dir) / "config.json").is_file():
         raise NFoxHeadError(f"{model_dir} is not a model directory (no config.json)", "pass --model DIR of a transformers checkpoint")
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=getattr(torch, dtype))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=getattr(torch, resolve_dtype(dtype, device.type)))
     return model.to(device).eval().requires_grad_(False)
 
 

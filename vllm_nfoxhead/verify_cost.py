@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from .dtype_choice import AUTO_HELP, DTYPE_CHOICES, resolve_dtype
+
 DEFAULT_SIZES = (1, 2, 4, 8, 16, 32, 64)
 
 
@@ -60,10 +62,11 @@ def main(argv: list[str] | None = None) -> None:
                    help="draft sizes N to time (N+1 tokens scored each; default %(default)s)")
     p.add_argument("--context", type=int, default=300, help="cached context length (default %(default)s)")
     p.add_argument("--repeats", type=int, default=5, help="timings per size; the median is kept (default %(default)s)")
-    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"),
-                   help="model dtype, as served (default %(default)s)")
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                   help=f"model dtype, as served; {AUTO_HELP}")
     args = p.parse_args(argv)
-    costs = measure_cost(args.model, tuple(args.sizes), args.context, args.repeats, args.dtype)
+    costs = measure_cost(args.model, tuple(args.sizes), args.context, args.repeats,
+                         resolve_dtype(args.dtype))
     args.out.write_text(json.dumps({str(n): c for n, c in costs.items()}, indent=2) + "\n")
     for n, c in costs.items():
         print(f"N={n:<4} {c:.2f} plain steps")

@@ -17,6 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..dtype_choice import AUTO_HELP, DTYPE_CHOICES, cpu_bf16_native, resolve_dtype
 from ..errors import NFoxHeadError
 from ..lookup import DEFAULT_LOOKUP
 from .methods import Method, ngram_method, nfoxhead_methods, vllm_medusa_method
@@ -63,14 +64,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         f"copied tokens (default: 0 {DEFAULT_LOOKUP}, the plugin's default)")
     p.add_argument("--methods", default="plain,ngram,vllm-medusa,nfoxhead",
                    help="comma list from plain, ngram, vllm-medusa, nfoxhead (plain is always run)")
-    p.add_argument("--dtype", default="bfloat16", help="engine dtype (default bfloat16)")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help=f"engine dtype; {AUTO_HELP}")
     p.add_argument("--kv-cache-gib", type=float, default=1.0, help="KV cache size for the CPU backend")
     p.add_argument("--max-model-len", type=int, default=1024, help="engine max_model_len (default 1024)")
     p.add_argument("--no-chat", action="store_true", help="send prompts raw instead of through the chat template")
     p.add_argument("--ignore-eos", action="store_true",
                    help="always generate --max-tokens tokens (default: stop at EOS as users do; on with --tiny)")
     p.add_argument("--out", type=Path, default=Path("bench-results"), help="output directory (default bench-results)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.dtype = resolve_dtype(args.dtype)
+    return args
+
+
+def machine_description() -> str:
+    """CPU model, core count and whether bf16 is native: speed figures depend on all three."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    bf16 = "native bf16" if cpu_bf16_native() else "no native bf16"
+    return f"{name}, {os.cpu_count()} CPUs, {bf16}"
 
 
 def load_prompts(path: Path | None, limit: int) -> list[str]:
@@ -191,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     report = rows(results, methods)
     settings = {"model": str(model), "heads": str(heads), "num_prompts": len(prompts),
                 "max_tokens": args.max_tokens, "dtype": args.dtype, "concurrency": args.concurrency,
-                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+                "machine": machine_description(),
                 "methods": {m.name: m.speculative_config for m in methods}}
     write_json(args.out / "bench.json", report, settings)
     plot(args.out / "bench.png", report,

@@ -29,7 +29,8 @@ from ..drafting import ChainDrafter
 from ..tree import Tree, TreeDrafter, parse_tree
 from ..format import validate_heads_dir
 from ..lookup import lookup_draft
-from ..load_policy import CPU_DEFAULT_COST, CPU_TREE_OVERHEAD, DraftShape, LoadPolicy
+from ..dtype_choice import cpu_bf16_native
+from ..load_policy import DraftShape, LoadPolicy, cpu_defaults
 from ..rate_tuner import HEADS, LOOKUP, TREE, RateTuner
 from .options import NFoxHeadOptions, tree_backend_ok
 from .tree_step import current_step, set_current_step
@@ -86,14 +87,17 @@ class NFoxHeadProposer:
         from vllm.platforms import current_platform
 
         accuracy = self.heads_config.extra.get("rank_accuracy")
-        costs = self.options.cost_table or (CPU_DEFAULT_COST if current_platform.is_cpu() else None)
+        # On CPU the defaults measured on the project's CPU of the same kind: bf16 native
+        # (served in bf16) or not (served in float32). A user's own table is taken as
+        # complete (no tree overhead added).
+        cpu_cost, cpu_overhead = cpu_defaults(cpu_bf16_native() or self.dtype != torch.float32)
+        costs = self.options.cost_table or (cpu_cost if current_platform.is_cpu() else None)
         if self.options.load_policy == "off" or accuracy is None or costs is None:
             return None
         paths = self.tree.tree.paths if self.tree else None
-        # The tree overhead was measured together with the default CPU table; a user's
-        # own table is taken as complete.
-        overhead = CPU_TREE_OVERHEAD if current_platform.is_cpu() and not self.options.cost_table else 0.0
-        return LoadPolicy(accuracy, costs, self.chain.num_heads_used, paths, tree_overhead=overhead)
+        overhead = cpu_overhead if current_platform.is_cpu() and not self.options.cost_table else 0.0
+        return LoadPolicy(accuracy, costs, self.chain.num_heads_used, paths, tree_overhead=overhead,
+                          lookup=self.lookup > 0 and self.options.load_policy == "auto")
 
     def load_model(self, target_model: nn.Module) -> None:
         from .heads_vllm import VllmNFoxHeads
@@ -172,7 +176,8 @@ class NFoxHeadProposer:
     def lookup_cap(self, shape: DraftShape | None) -> int:
         """Most lookup tokens under `shape`: all of them with the full chain or the tree,
         the plan's chain length when load shortened it, none without drafts."""
-        if shape is None or shape.kind == "tree" or (shape.kind == "chain" and shape.nodes == self.chain.num_heads_used):
+        if shape is None or shape.kind in ("tree", "lookup") or (
+                shape.kind == "chain" and shape.nodes == self.chain.num_heads_used):
             return self.lookup
         return min(shape.nodes, self.lookup) if shape.kind == "chain" else 0
 
@@ -195,6 +200,10 @@ class NFoxHeadProposer:
         drafts = self._draft_lookup(num_tokens_no_spec, token_ids_cpu, self.lookup_cap(shape))
         from_lookup = set(drafts)
         active = [i for i, ok in enumerate(self._has_token) if ok and i not in drafts]
+        if shape is not None and shape.kind == "lookup":  # heads do not pay: copied tokens only
+            for _ in active:
+                self.tuner.record_miss()
+            active = []
         tree_rows = [i for i in active if use_tree and self._wants_tree[i]]
         in_tree = set(tree_rows)
         chain_rows = [i for i in active if i not in in_tree]
