@@ -4,7 +4,8 @@ SmolLM2 ships in bf16 and vLLM serves it in bf16, which is right on GPUs and on
 x86 CPUs with AVX512-BF16 or AMX. On an x86 CPU without them (AVX2 only, e.g.
 many AMD EPYC hosts), PyTorch and vLLM's CPU kernels emulate bf16: a 16x576 by
 576x1536 linear measured 5.6 ms in bf16 against 0.9 ms in float32 on such a
-2-core host, and plain vLLM ran about 10x slower than in float32. The project's
+2-core host, and plain vLLM at 16 requests ran 22.7 tok/s in bf16 against 91.9 in
+float32 (about 4x). The project's
 CLIs take `--dtype auto` (their default) and resolve it here.
 """
 

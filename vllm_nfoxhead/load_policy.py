@@ -62,6 +62,11 @@ class DraftShape:
     nodes: int
     expected_tokens: float  # per request and step, bonus token included
 
+    @property
+    def name(self) -> str:
+        """As logged: 'none', 'lookup', 'chain(2)', 'tree(11)'."""
+        return self.kind if self.kind in ("none", "lookup") else f"{self.kind}({self.nodes})"
+
 
 LOOKUP_ONLY = DraftShape("lookup", 0, 1.0)
 
@@ -125,7 +130,6 @@ class LoadPolicy:
                 spans.append((shape, b, b))
         parts = []
         for shape, lo, hi in spans:
-            name = shape.kind if shape.kind in ("none", "lookup") else f"{shape.kind}({shape.nodes})"
-            parts.append(f"{name} from {lo}" if hi == max_batch else
-                         f"{name} at {lo}" + (f"-{hi}" if hi > lo else ""))
+            parts.append(f"{shape.name} from {lo}" if hi == max_batch else
+                         f"{shape.name} at {lo}" + (f"-{hi}" if hi > lo else ""))
         return ", ".join(parts) + " concurrent requests"

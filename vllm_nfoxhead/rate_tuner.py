@@ -43,10 +43,6 @@ from .load_policy import DraftShape
 HEADS, LOOKUP, TREE = "heads", "lookup", "tree"  # what drafted a request's tokens
 
 
-def shape_name(shape: DraftShape) -> str:
-    return shape.kind if shape.kind in ("none", "lookup") else f"{shape.kind}({shape.nodes})"
-
-
 @dataclass
 class _Mean:
     """An exponentially decayed mean (effective window about 1 / (1 - decay) values)."""
@@ -201,8 +197,8 @@ class RateTuner:
         if rates:
             self._confirmed[batch] = shape
         if old is not None and old != shape and rates and self.on_switch:
-            self.on_switch(old, shape, f"at batch {batch}, {shape_name(shape)} measured {rates[shape]:.1f} tok/s "
-                                       f"against {rates.get(old, 0.0):.1f} for {shape_name(old)}: switching")
+            self.on_switch(old, shape, f"at batch {batch}, {shape.name} measured {rates[shape]:.1f} tok/s "
+                                       f"against {rates.get(old, 0.0):.1f} for {old.name}: switching")
         return shape
 
     def describe(self) -> str:
@@ -210,5 +206,5 @@ class RateTuner:
         parts = []
         for batch, shape in sorted(self._chosen.items()):
             rate = self.rate(batch, shape)
-            parts.append(f"batch {batch}: {shape_name(shape)}" + (f" {rate:.1f} tok/s" if rate else ""))
+            parts.append(f"batch {batch}: {shape.name}" + (f" {rate:.1f} tok/s" if rate else ""))
         return "; ".join(parts)
