@@ -84,6 +84,30 @@ def test_loss_hand_checked():
     assert T.weighted_loss(per_head, 0.5).item() == pytest.approx(head0 + 0.5 * head1, rel=1e-6)
 
 
+def test_soft_loss_hand_checked():
+    """Cross-entropy against softmax(teacher); an IGNORE target drops the row."""
+    logits = torch.tensor([[[1.0, 2.0, 0.0], [0.0, 0.0, 0.0]]])  # [K=1, B=2, V=3]
+    teacher = torch.tensor([[[0.0, math.log(3.0), -50.0], [9.0, 9.0, 9.0]]])
+    targets = torch.tensor([[1], [T.IGNORE]])
+    lse = math.log(math.exp(1) + math.exp(2) + 1)
+    expected = 0.25 * (lse - 1.0) + 0.75 * (lse - 2.0)  # p = (1/4, 3/4, ~0)
+    assert T.soft_head_losses(logits, teacher, targets).tolist() == pytest.approx([expected], rel=1e-5)
+    # a one-hot teacher gives the hard loss
+    one_hot = torch.tensor([[[-50.0, 0.0, -50.0], [0.0, 0.0, 0.0]]])
+    assert T.soft_head_losses(logits, one_hot, targets).tolist() == pytest.approx(
+        T.head_losses(logits, targets).tolist(), rel=1e-5)
+
+
+def test_teacher_logits_read_the_state_before_each_target():
+    """Head k's teacher at row t is the base LM head applied to h[t+k+1] (the state that predicts t+k+2)."""
+    hidden = torch.arange(6, dtype=torch.float32).unsqueeze(1) * torch.ones(1, 2)  # h[i] = (i, i)
+    data = T.Dataset(hidden, torch.zeros(6, 2, dtype=torch.long), torch.zeros(6, dtype=torch.long))
+    weight = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])  # [V'=3, H=2]
+    got = T.teacher_logits(data, torch.tensor([0, 3]), 2, weight, torch.device("cpu"))  # [K=2, B=2, 3]
+    assert got[0].tolist() == [[1, 2, 2], [4, 8, 8]]  # h[1], h[4]
+    assert got[1].tolist() == [[2, 4, 4], [5, 10, 10]]  # h[2], h[5] (clamped past the end)
+
+
 def test_training_loss_matches_independent_computation():
     """head_losses on the heads' output == a per-position log-softmax loop."""
     torch.manual_seed(3)
@@ -149,16 +173,18 @@ def test_own_lm_head_starts_from_base():
     assert heads.config.dtype == "float32"
 
 
-@pytest.mark.parametrize("conditioning,train_vocab", [("none", "full"), ("tokens", "seen")])
-def test_loop_reduces_loss(tiny_model, conditioning, train_vocab):
+@pytest.mark.parametrize("conditioning,train_vocab,distill",
+                         [("none", "full", 0.0), ("tokens", "seen", 0.0), ("tokens", "seen", 0.5)])
+def test_loop_reduces_loss(tiny_model, conditioning, train_vocab, distill):
     model = T.load_base(tiny_model, torch.device("cpu"), "float32")
     seqs = T.Sequences([r["prompt_token_ids"] + r["response_token_ids"] for r in _records()], [8] * 40)
     data = T.Dataset.build(seqs, T.hidden_states(model, seqs), 2, include_prompt=False)
     cfg = T.TrainConfig(num_heads=2, epochs=20, batch_size=64, lr=1e-2, seed=0, amp=False,
-                        conditioning=conditioning, train_vocab=train_vocab)
+                        conditioning=conditioning, train_vocab=train_vocab, distill=distill)
     result = T.train_heads(cfg, data, T.lm_head_weight(model), progress=False, embed=T.embed_weight(model))
     first, last = sum(result.losses[:5]) / 5, sum(result.losses[-5:]) / 5
-    assert last < 0.7 * first
+    # the distribution part of the loss cannot fall below the base model's entropy (high for random weights)
+    assert last < (0.7 if distill == 0 else 0.9) * first
     assert len(result.metrics["topk_accuracy"]) == 2 and len(result.metrics["topk_accuracy"][0]) == 10
     assert result.metrics["top1"][0] > 1 / VOCAB * 3  # well above chance
 
@@ -197,9 +223,11 @@ def test_cli_conditioning_and_eval_data(tiny_model, data_file, tmp_path):
     other = tmp_path / "other.jsonl"
     other.write_text("".join(json.dumps(r) + "\n" for r in _records(8)))
     out = tmp_path / "heads"
-    assert train_main(_cli(tiny_model, data_file, out, tmp_path / "c", "--eval-data", str(other))) == 0
+    assert train_main(_cli(tiny_model, data_file, out, tmp_path / "c", "--eval-data", str(other),
+                           "--distill", "0.5")) == 0
     config = validate_heads_dir(out)
     assert config.token_conditioned and config.extra["training"]["train_vocab"] == "seen"
+    assert config.extra["training"]["distill"] == 0.5
     extra = config.extra["eval_data"]
     assert extra["file"] == str(other) and len(extra["top1"]) == 3 and 1 <= extra["chain_accept"] <= 4
     assert config.extra["train_vocab_size"] < VOCAB
@@ -256,6 +284,8 @@ def test_cli_bad_data(tiny_model, tmp_path):
     bad.write_text(json.dumps(rec) + "\n")
     with pytest.raises(SystemExit, match=f"token id {VOCAB + 7} but .* has only {VOCAB} tokens"):
         train_main(_cli(tiny_model, bad, tmp_path / "h", tmp_path / "c"))
+    with pytest.raises(SystemExit):  # argparse: --distill must be in [0, 1]
+        train_main(_cli(tiny_model, bad, tmp_path / "h", tmp_path / "c", "--distill", "1.5"))
     assert not (tmp_path / "h").exists()
 
 

@@ -3,7 +3,7 @@
     python -m vllm_nfoxhead.train --model DIR --data distill.jsonl [more.jsonl ...] --output HEADS_DIR \
         [--num-heads 4] [--num-layers 1] [--shared-lm-head | --own-lm-head] [--epochs 1] \
         [--lr 1e-3] [--decay 0.8] [--batch-size 512] [--max-len 1024] [--device auto] [--seed 0] \
-        [--conditioning tokens|none] [--train-vocab seen|full] [--eval-data other.jsonl]
+        [--conditioning tokens|none] [--train-vocab seen|full] [--distill 0.5] [--eval-data other.jsonl]
 
 Steps: read the data, get the base model's hidden states (computed once, cached
 under --cache-dir), train (training.train_heads), evaluate on a held-out 5% of
@@ -62,6 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seen: softmax over the token ids that occur as targets in the training data "
                         "(about 5x faster on SmolLM2; heads still predict over the full vocabulary); "
                         "full: the whole vocabulary (default %(default)s)")
+    p.add_argument("--distill", type=float, default=d.distill,
+                   help="weight in [0, 1] of the base model's own next-token distribution in each head's loss "
+                        "(computed from the cached hidden states; 0: the answer's tokens only, 1: the "
+                        "distribution only; default %(default)s)")
     p.add_argument("--eval-data", default=None,
                    help="a second datagen JSONL (answers to other prompts) to report accuracies on; "
                         "the held-out split shares the training prompts' families, this does not")
@@ -92,6 +96,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if not args.epochs > 0 or not 0 <= args.eval_fraction < 1:
         p.error("--epochs must be > 0 and --eval-fraction in [0, 1)")
+    if not 0 <= args.distill <= 1:
+        p.error("--distill must be in [0, 1]")
     return args
 
 

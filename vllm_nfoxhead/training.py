@@ -9,7 +9,11 @@ sequences: a step draws a batch of positions t from all sequences and computes
     loss = sum_k decay^k * CE(head_k(h_t), token[t+k+2])
 
 over positions whose target lies in the answer (or anywhere with
-`include_prompt`), averaged per head over valid targets. Token-conditioned heads
+`include_prompt`), averaged per head over valid targets. With `distill` > 0
+part of each head's loss is the cross-entropy against the base model's own
+distribution for token t+k+2, softmax(lm_head(h_{t+k+1})), read from the same
+cached states (Medusa-2's self-distillation): the greedy answer gives one token
+per position, the distribution also says which other tokens were close. Token-conditioned heads
 also read the embeddings of tokens t+1..t+k+1 (teacher forcing: the true tokens).
 Shapes: hidden [N, H] (all tokens of all sequences, concatenated), targets
 [N, K] (-100 = no target), context [N, K] (token t+1+j, 0 past the end).
@@ -68,6 +72,7 @@ class TrainConfig:
     base_dtype: str = "auto"  # bf16 where native (as vLLM serves it), else float32: dtype_choice.py
     amp: bool = True  # bf16 autocast for the head matmuls (master weights stay float32)
     train_vocab: str = "seen"  # "seen": softmax over target ids of the training split; "full"
+    distill: float = 0.0  # weight of the base model's distribution in each head's loss (0: answer tokens only)
 
 
 @dataclass
@@ -304,6 +309,32 @@ def head_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (ce * valid).sum(1) / valid.sum(1).clamp(min=1)
 
 
+def soft_head_losses(logits: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """logits, teacher [K, B, V], targets [B, K] -> per-head mean CE against softmax(teacher) [K].
+
+    Rows whose hard target is IGNORE do not count (their teacher row is arbitrary).
+    """
+    log_q = torch.log_softmax(logits.float(), dim=-1)
+    p = torch.softmax(teacher.float(), dim=-1)
+    ce = -(p * log_q).sum(-1)  # [K, B]
+    valid = (targets.T != IGNORE).float()
+    return (ce * valid).sum(1) / valid.sum(1).clamp(min=1)
+
+
+def teacher_logits(data: "Dataset", rows: torch.Tensor, num_heads: int, weight: torch.Tensor,
+                   device: torch.device) -> torch.Tensor:
+    """The base model's logits for head k's target at each row: [K, B, V'] = h[t+k+1] @ weight.T.
+
+    weight [V', H] is the (possibly vocabulary-restricted) base LM head. Where the
+    target is valid, t+k+1 lies in the same sequence; elsewhere the index is
+    clamped and the row is masked by the loss.
+    """
+    shift = torch.arange(1, num_heads + 1).unsqueeze(1)  # [K, 1]
+    idx = (rows.unsqueeze(0) + shift).clamp(max=len(data.hidden) - 1)  # [K, B]
+    h = data.hidden[idx].to(device, weight.dtype)  # [K, B, H]
+    return h @ weight.T
+
+
 def weighted_loss(per_head: torch.Tensor, decay: float) -> torch.Tensor:
     """sum_k decay^k * loss_k."""
     weights = decay ** torch.arange(len(per_head), dtype=per_head.dtype, device=per_head.device)
@@ -453,6 +484,7 @@ def train_heads(
     train_lm_head, step_vocab = lm_head, vocab
     if vocab is not None and heads.lm_heads is None:
         train_lm_head, step_vocab = lm_head[vocab], None
+    teacher_weight = lm_head if vocab is None else lm_head[vocab]  # [V', H]: the frozen base LM head
     steps = max(1, math.ceil(cfg.epochs * len(train_rows) / cfg.batch_size))
     opt = torch.optim.AdamW(heads.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warm = max(1, round(cfg.warmup * steps))
@@ -466,7 +498,12 @@ def train_heads(
         tgt = targets[rows].to(device)  # [B, K], ids into `vocab` when restricted
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
             logits = _forward(heads, data, rows, device, train_lm_head, embed, step_vocab)  # [K, B, V'], bf16 under amp
+            if cfg.distill > 0:
+                with torch.no_grad():
+                    teacher = teacher_logits(data, rows, cfg.num_heads, teacher_weight, device)  # [K, B, V']
         per_head = head_losses(logits, tgt)  # float32
+        if cfg.distill > 0:
+            per_head = (1 - cfg.distill) * per_head + cfg.distill * soft_head_losses(logits, teacher, tgt)
         loss = weighted_loss(per_head, cfg.decay)
         opt.zero_grad(set_to_none=True)
         loss.backward()
