@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vllm_nfoxhead.lookup import lookup_draft
+from vllm_nfoxhead.lookup import lookup_draft, lookup_run
 
 
 def draft(tokens, k, lo=2, hi=4):
@@ -47,3 +47,14 @@ def test_cut_at_max_tokens():
 def test_bad_ngram_bounds():
     with pytest.raises(ValueError):
         draft([1, 2, 3], 2, lo=3, hi=2)
+
+
+def test_lookup_run_counts_accepted_copied_tokens():
+    #        0  1  2  3  4  5  6  7  8
+    seq = np.array([5, 6, 7, 8, 9, 5, 6, 7, 3])
+    # at t=5 the sampled token is 6 (tokens[:7] ends "5 6"): draft 7 8 9; truth 7 3 -> 1 accepted
+    assert lookup_run(seq, 5, 3) == 1
+    # at t=4 (tokens[:6] ends "9 5"): no earlier "9 5" and "5" alone is below min n-gram -> no draft
+    assert lookup_run(seq, 4, 3) == -1
+    # a draft longer than what is left counts only the tokens that exist
+    assert lookup_run(np.array([1, 2, 1, 2, 1]), 2, 8) == 1

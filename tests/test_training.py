@@ -313,3 +313,19 @@ def test_evaluation_walk_starts_where_vllm_drafts_first():
     # from t=3: 1 token, t=4: 3 tokens, t=7: 3 tokens, t=10 ends -> 7 tokens in 3 steps
     assert T._walk(data, rows, run) == pytest.approx(7 / 3)
     assert T.step_accept(data.seq, run) != pytest.approx(7 / 3)  # from t=0 it would differ
+
+
+def test_evaluation_walk_with_prompt_lookup():
+    """Rows whose suffix occurred before take the lookup continuation's accepted length."""
+    ids = [2, 3, 4, 5, 6, 2, 3, 4, 5, 9, 9]
+    seqs = T.Sequences([ids], [5])  # answer = tokens 5..10
+    data = T.Dataset.build(seqs, torch.zeros(len(ids), 8), 2, include_prompt=False)
+    rows = torch.arange(len(ids))
+    copied = T.lookup_runs(data, rows, 8).tolist()
+    # t=4: tokens[:6] end "6 2": no earlier match; t=5: "2 3" matched at 0 -> draft 4 5 6 2 ...,
+    # truth 4 5 9 9 -> 2; t=6: "2 3 4" -> 5 6 ..., truth 5 9 -> 1; t=7: "3 4 5" -> 6 ..., truth 9 -> 0
+    assert copied[4:8] == [-1, 2, 1, 0]
+    heads = torch.zeros(len(ids), dtype=torch.long)
+    # walk from t=4: heads 1 token; t=5: lookup 3 tokens; t=8: no match ("5 9"), heads 1 token;
+    # t=9 ("9 9"): no earlier match, 1 token; t=10: 1 token -> 7 tokens in 5 steps
+    assert T._walk(data, rows, torch.where(torch.tensor(copied) >= 0, torch.tensor(copied), heads)) == 1.4

@@ -39,3 +39,17 @@ def lookup_draft(tokens: np.ndarray, max_tokens: int, min_ngram: int = DEFAULT_M
             period = length - start  # >= 1: the match ends before the suffix does
             return tokens[start + np.arange(max_tokens) % period]
     return tokens[:0]
+
+
+def lookup_run(tokens: np.ndarray, t: int, max_tokens: int) -> int:
+    """Tokens a lookup draft at position t would get accepted on a known sequence, -1 if none.
+
+    tokens [L]: the whole sequence (a greedy answer). At t the last sampled token
+    is t+1, so the draft is made from tokens[:t+2] and checked against tokens[t+2:].
+    """
+    draft = lookup_draft(tokens[: t + 2], max_tokens)
+    if not len(draft):
+        return -1
+    truth = tokens[t + 2: t + 2 + len(draft)]
+    agree = draft[: len(truth)] == truth
+    return int(agree.argmin()) if not agree.all() else len(truth)

@@ -44,6 +44,7 @@ from .dtype_choice import resolve_dtype
 from .errors import NFoxHeadError
 from .format import HeadsConfig, save_heads
 from .heads import NFoxHeads
+from .lookup import DEFAULT_LOOKUP, lookup_run
 
 IGNORE = -100
 TOPK = 10  # accuracies stored for ranks 0..TOPK-1 (what a tree builder reads)
@@ -98,12 +99,14 @@ class Dataset:
     # [N] bool: position t >= answer start - 1, where vLLM drafts first (after
     # sampling the answer's first token from the prompt); None: every position
     drafted: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None  # [N] int64: the token ids (for the prompt-lookup walk)
 
     @classmethod
     def build(cls, seqs: Sequences, hidden: torch.Tensor, num_heads: int, include_prompt: bool) -> "Dataset":
         targets, seq = build_targets(seqs, num_heads, include_prompt)
         drafted = torch.cat([torch.arange(len(ids)) >= start - 1 for ids, start in zip(seqs.ids, seqs.answer_start)])
-        return cls(hidden, targets, seq, build_context(seqs, num_heads), drafted)
+        tokens = torch.tensor([t for ids in seqs.ids for t in ids], dtype=torch.long)
+        return cls(hidden, targets, seq, build_context(seqs, num_heads), drafted, tokens)
 
     def split(self, eval_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Row indices (train, eval) of positions that have a target; split by sequence."""
@@ -373,7 +376,7 @@ def _forward(heads: NFoxHeads, data: Dataset, rows: torch.Tensor, device: torch.
 @torch.no_grad()
 def evaluate(
     heads: NFoxHeads, data: Dataset, rows: torch.Tensor, lm_head: torch.Tensor, batch_size: int,
-    device: torch.device, amp: bool = False, embed: torch.Tensor | None = None,
+    device: torch.device, amp: bool = False, embed: torch.Tensor | None = None, lookup: int = DEFAULT_LOOKUP,
 ) -> dict[str, Any]:
     """Per-head accuracies on `rows` for r < TOPK, over the full vocabulary.
 
@@ -385,6 +388,9 @@ def evaluate(
     step_accept = tokens per step of a greedy chain that walks each answer as vLLM
     does (a step starts where the previous one's accepted run ended), which is
     what vLLM reports. It is lower because easy stretches take few steps.
+    step_accept_lookup: the same walk where a step whose last tokens occurred
+    before drafts the prompt-lookup continuation (up to `lookup` tokens) instead,
+    as the plugin's default does; absent when the dataset has no token ids.
     """
     heads.eval()
     hits = torch.zeros(heads.config.num_heads, TOPK, dtype=torch.float64)
@@ -407,10 +413,15 @@ def evaluate(
         runs.append((top1 & (tgt.T != IGNORE)).long().cumprod(0).sum(0).cpu())
     acc = (hits.cumsum(1) / counts.clamp(min=1).unsqueeze(1)).tolist()
     heads.train()
+    run = torch.cat(runs) if runs else torch.zeros(0, dtype=torch.long)
+    walks = {"step_accept": round(_walk(data, rows, run), 4)}
+    if data.tokens is not None and lookup > 0:
+        copied = lookup_runs(data, rows, lookup)
+        walks["step_accept_lookup"] = round(_walk(data, rows, torch.where(copied >= 0, copied, run)), 4)
     return {
         "eval_positions": int(counts[0].item()),
         "chain_accept": round(1 + chain_sum / max(chain_n, 1), 4),
-        "step_accept": round(_walk(data, rows, torch.cat(runs) if runs else torch.zeros(0, dtype=torch.long)), 4),
+        **walks,
         "top1": [round(a[0], 4) for a in acc],
         "top5": [round(a[4], 4) for a in acc],
         "topk_accuracy": [[round(x, 4) for x in a] for a in acc],
@@ -423,6 +434,19 @@ def _walk(data: Dataset, rows: torch.Tensor, run: torch.Tensor) -> float:
     """step_accept over `rows`, each answer walked from where vLLM drafts first."""
     keep = data.drafted[rows] if data.drafted is not None else torch.ones(len(rows), dtype=torch.bool)
     return step_accept(data.seq[rows][keep], run[keep])
+
+
+def lookup_runs(data: Dataset, rows: torch.Tensor, max_tokens: int) -> torch.Tensor:
+    """[len(rows)] int64: tokens a prompt-lookup draft at each row would get accepted, -1 where
+    the row's last tokens never occurred before (lookup.lookup_run on the row's own sequence)."""
+    assert data.tokens is not None
+    n_seq = int(data.seq.max()) + 1 if len(data.seq) else 0
+    first = torch.searchsorted(data.seq, torch.arange(n_seq + 1)).tolist()  # sequence s: rows first[s]..first[s+1]-1
+    tokens = data.tokens.numpy()
+    out = []
+    for row, s in zip(rows.tolist(), data.seq[rows].tolist()):
+        out.append(lookup_run(tokens[first[s]: first[s + 1]], row - first[s], max_tokens))
+    return torch.tensor(out, dtype=torch.long)
 
 
 def step_accept(seq: torch.Tensor, run: torch.Tensor) -> float:
@@ -567,4 +591,5 @@ def data_summary(seqs: Sequences) -> dict[str, int]:
 
 
 def metrics_json(metrics: dict[str, Any]) -> str:
-    return json.dumps({k: metrics[k] for k in ("top1", "top5", "chain_accept", "step_accept", "eval_loss") if k in metrics})
+    keys = ("top1", "top5", "chain_accept", "step_accept", "step_accept_lookup", "eval_loss")
+    return json.dumps({k: metrics[k] for k in keys if k in metrics})
