@@ -230,6 +230,7 @@ def test_cli_conditioning_and_eval_data(tiny_model, data_file, tmp_path):
     assert config.extra["training"]["distill"] == 0.5
     extra = config.extra["eval_data"]
     assert extra["file"] == str(other) and len(extra["top1"]) == 3 and 1 <= extra["chain_accept"] <= 4
+    assert extra["step_accept_lookup"] >= 1
     assert config.extra["train_vocab_size"] < VOCAB
     medusa = tmp_path / "medusa"
     assert train_main(_cli(tiny_model, data_file, medusa, tmp_path / "c", "--conditioning", "none",
@@ -328,4 +329,4 @@ def test_evaluation_walk_with_prompt_lookup():
     heads = torch.zeros(len(ids), dtype=torch.long)
     # walk from t=4: heads 1 token; t=5: lookup 3 tokens; t=8: no match ("5 9"), heads 1 token;
     # t=9 ("9 9"): no earlier match, 1 token; t=10: 1 token -> 7 tokens in 5 steps
-    assert T._walk(data, rows, torch.where(torch.tensor(copied) >= 0, torch.tensor(copied), heads)) == 1.4
+    assert T._walk_with_lookup(data, rows, heads, 8) == 1.4

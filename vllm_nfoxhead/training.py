@@ -308,8 +308,7 @@ def head_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     ce = nn.functional.cross_entropy(
         logits.float().reshape(k * b, v), targets.T.reshape(k * b), ignore_index=IGNORE, reduction="none"
     ).view(k, b)
-    valid = (targets.T != IGNORE).float()
-    return (ce * valid).sum(1) / valid.sum(1).clamp(min=1)
+    return _mean_over_valid(ce, targets)
 
 
 def soft_head_losses(logits: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -319,7 +318,11 @@ def soft_head_losses(logits: torch.Tensor, teacher: torch.Tensor, targets: torch
     """
     log_q = torch.log_softmax(logits.float(), dim=-1)
     p = torch.softmax(teacher.float(), dim=-1)
-    ce = -(p * log_q).sum(-1)  # [K, B]
+    return _mean_over_valid(-(p * log_q).sum(-1), targets)
+
+
+def _mean_over_valid(ce: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """ce [K, B], targets [B, K] -> per-head mean of ce over rows with a target [K] (0 if none)."""
     valid = (targets.T != IGNORE).float()
     return (ce * valid).sum(1) / valid.sum(1).clamp(min=1)
 
@@ -416,8 +419,7 @@ def evaluate(
     run = torch.cat(runs) if runs else torch.zeros(0, dtype=torch.long)
     walks = {"step_accept": round(_walk(data, rows, run), 4)}
     if data.tokens is not None and lookup > 0:
-        copied = lookup_runs(data, rows, lookup)
-        walks["step_accept_lookup"] = round(_walk(data, rows, torch.where(copied >= 0, copied, run)), 4)
+        walks["step_accept_lookup"] = round(_walk_with_lookup(data, rows, run, lookup), 4)
     return {
         "eval_positions": int(counts[0].item()),
         "chain_accept": round(1 + chain_sum / max(chain_n, 1), 4),
@@ -434,6 +436,12 @@ def _walk(data: Dataset, rows: torch.Tensor, run: torch.Tensor) -> float:
     """step_accept over `rows`, each answer walked from where vLLM drafts first."""
     keep = data.drafted[rows] if data.drafted is not None else torch.ones(len(rows), dtype=torch.bool)
     return step_accept(data.seq[rows][keep], run[keep])
+
+
+def _walk_with_lookup(data: Dataset, rows: torch.Tensor, run: torch.Tensor, max_tokens: int) -> float:
+    """step_accept_lookup: the walk where rows with a lookup match take the copied run instead of `run`."""
+    copied = lookup_runs(data, rows, max_tokens)
+    return _walk(data, rows, torch.where(copied >= 0, copied, run))
 
 
 def lookup_runs(data: Dataset, rows: torch.Tensor, max_tokens: int) -> torch.Tensor:
@@ -504,11 +512,9 @@ def train_heads(
         raise NFoxHeadError("no training positions with a target", "give longer answers or fewer heads")
     vocab, targets = training_vocab(cfg.train_vocab, data.targets, train_rows, lm_head.shape[0])
     vocab = None if vocab is None else vocab.to(device)
+    teacher_weight = lm_head if vocab is None else lm_head[vocab]  # [V', H]: the frozen base LM head's rows
     # A shared LM head is frozen: cut its rows once, not per step and head.
-    train_lm_head, step_vocab = lm_head, vocab
-    if vocab is not None and heads.lm_heads is None:
-        train_lm_head, step_vocab = lm_head[vocab], None
-    teacher_weight = lm_head if vocab is None else lm_head[vocab]  # [V', H]: the frozen base LM head
+    train_lm_head, step_vocab = (teacher_weight, None) if heads.lm_heads is None else (lm_head, vocab)
     steps = max(1, math.ceil(cfg.epochs * len(train_rows) / cfg.batch_size))
     opt = torch.optim.AdamW(heads.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warm = max(1, round(cfg.warmup * steps))
