@@ -1,7 +1,10 @@
 """python -m vllm_nfoxhead.bench: every method on the same prompts, engine settings and run.
 
-For each method one engine is started and the prompts are generated greedily
-at each concurrency. Reported per (method, concurrency): output tokens/s, the
+Every method's engine is started at once (as many as memory allows; the rest in
+further rounds that each alternate with plain again) and the methods take turns on
+small groups of prompts, greedily, at each concurrency, so that all of them see
+the same machine speed; `--schedule sequential` runs one engine after another.
+Reported per (method, concurrency): output tokens/s, the
 speed-up over plain vLLM measured in the same run, vLLM's mean acceptance
 length and per-position acceptance, and whether greedy outputs equal plain
 vLLM's. Writes bench.json and bench.png to --out and prints a table.
@@ -22,7 +25,7 @@ from ..errors import NFoxHeadError
 from ..lookup import DEFAULT_LOOKUP
 from .methods import Method, ngram_method, nfoxhead_methods, vllm_medusa_method
 from .report import plot, rows, table, write_json
-from .runner import run_method
+from .runner import run_interleaved, run_method
 
 CACHE = Path(os.environ.get("VLLM_NFOXHEAD_CACHE", "~/.cache/vllm-nfoxhead")).expanduser()
 REPO = Path(__file__).resolve().parents[2]
@@ -70,8 +73,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-chat", action="store_true", help="send prompts raw instead of through the chat template")
     p.add_argument("--ignore-eos", action="store_true",
                    help="always generate --max-tokens tokens (default: stop at EOS as users do; on with --tiny)")
+    p.add_argument("--schedule", choices=("interleaved", "sequential"), default="interleaved",
+                   help="interleaved (default): all engines up at once, methods alternating on groups of about "
+                        "2 x concurrency prompts (order reversed every other group), so slow drifts of machine "
+                        "speed hit every method alike; about 3 GiB of memory per engine, and methods that do "
+                        "not fit go to a further round with plain again. sequential: one engine at a time "
+                        "(less memory, but ratios absorb any drift between methods)")
+    p.add_argument("--max-engines", type=int, default=None,
+                   help="interleaved: engines running at once, plain included (default: as many as fit in "
+                        "available memory, measured on plain's engine)")
     p.add_argument("--out", type=Path, default=Path("bench-results"), help="output directory (default bench-results)")
     args = p.parse_args(argv)
+    if args.max_engines is not None and args.max_engines < 2:
+        p.error("--max-engines must be at least 2 (plain and one method)")
     args.dtype = resolve_dtype(args.dtype)
     return args
 
@@ -202,12 +216,14 @@ def main(argv: list[str] | None = None) -> None:
     params = SamplingParams(temperature=0, max_tokens=args.max_tokens, ignore_eos=args.ignore_eos)
     with tempfile.TemporaryDirectory() as workdir:
         methods = choose_methods(args, model, heads, Path(workdir))
-        results = []
-        for method in methods:
-            results += run_method(method, engine, prompts, params, sorted(args.concurrency))
+        concurrencies = sorted(args.concurrency)
+        if args.schedule == "interleaved":
+            results = run_interleaved(methods, engine, prompts, params, concurrencies, max_engines=args.max_engines)
+        else:
+            results = [r for m in methods for r in run_method(m, engine, prompts, params, concurrencies)]
     report = rows(results, methods)
     settings = {"model": str(model), "heads": str(heads), "num_prompts": len(prompts),
-                "max_tokens": args.max_tokens, "dtype": args.dtype, "concurrency": args.concurrency,
+                "max_tokens": args.max_tokens, "dtype": args.dtype, "schedule": args.schedule, "concurrency": args.concurrency,
                 "machine": machine_description(),
                 "methods": {m.name: m.speculative_config for m in methods}}
     write_json(args.out / "bench.json", report, settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -11,12 +12,16 @@ from .runner import RunResult
 
 
 def rows(results: list[RunResult], methods: list[Method]) -> list[dict[str, Any]]:
-    """One row per (method, concurrency), with speed-up and output check against plain."""
-    plain = {r.concurrency: r for r in results if r.method == "plain"}
+    """One row per (method, concurrency), in `methods` order, with speed-up and output check against plain.
+
+    Speed-ups compare with plain's run of the same round (interleaved runs); plain's
+    own row sums its rounds."""
+    plain = {(r.round, r.concurrency): r for r in results if r.method == "plain"}
     lossless = {m.name: m.lossless for m in methods}
+    order = {m.name: i for i, m in enumerate(methods)}
     out = []
-    for r in results:
-        base = plain[r.concurrency]
+    for r in sorted(merge_baseline_rounds(results), key=lambda r: (order.get(r.method, len(order)), r.concurrency)):
+        base = r if r.method == "plain" else plain[(r.round, r.concurrency)]
         out.append({
             "method": r.method, "concurrency": r.concurrency,
             "tokens_per_s": round(r.num_tokens / r.seconds, 2),
@@ -25,9 +30,24 @@ def rows(results: list[RunResult], methods: list[Method]) -> list[dict[str, Any]
             "per_position_acceptance": r.per_position_acceptance,
             "outputs_match_plain": r.outputs == base.outputs,
             "claims_lossless": lossless.get(r.method, True),
-            "num_tokens": r.num_tokens, "seconds": round(r.seconds, 3),
+            "num_tokens": r.num_tokens, "seconds": round(r.seconds, 3), "round": r.round,
         })
     return out
+
+
+def merge_baseline_rounds(results: list[RunResult]) -> list[RunResult]:
+    """The results with plain's rounds at each concurrency summed into one new row (first round's outputs)."""
+    merged: dict[int, RunResult] = {}
+    rest = []
+    for r in results:
+        if r.method != "plain":
+            rest.append(r)
+        elif r.concurrency not in merged:
+            merged[r.concurrency] = dataclasses.replace(r, round=0)
+        else:
+            m = merged[r.concurrency]
+            m.num_tokens, m.seconds = m.num_tokens + r.num_tokens, m.seconds + r.seconds
+    return [*merged.values(), *rest]
 
 
 def table(report_rows: list[dict[str, Any]]) -> str:

@@ -1,12 +1,20 @@
-"""Run one method at several concurrencies on one engine and measure it.
+"""Run methods at several concurrencies and measure them.
 
 Concurrency c means at most c requests in flight: requests are fed to the
 engine as earlier ones finish (continuous batching), as a server would see.
+
+Two schedules. `run_method` runs one engine at a time, all prompts per
+concurrency. `run_interleaved` starts every method's engine at once and
+alternates them over small groups of prompts (the order reversed every other
+group), so each method sees the same machine speed: on shared CPUs the speed of
+identical runs drifts by 15-20% over minutes, which swamps the differences a
+benchmark is after when methods run one after another.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +32,7 @@ class RunResult:
     acceptance_length: float | None  # tokens per verification step (1 + accepted / drafts)
     per_position_acceptance: list[float] = field(default_factory=list)
     outputs: list[list[int]] = field(default_factory=list)
+    round: int = 0  # interleaved runs: speed-ups compare with the baseline of the same round
 
 
 def spec_counters(llm: Any) -> dict[str, Any]:
@@ -58,12 +67,20 @@ def generate_at(llm: Any, prompts: list[list[int]], params: Any, concurrency: in
     return [outputs[i] for i in range(len(prompts))], seconds
 
 
-def run_method(method: Method, engine_kwargs: dict[str, Any], prompts: list[list[int]],
-               params: Any, concurrencies: list[int]) -> list[RunResult]:
+def start_engine(method: Method, engine_kwargs: dict[str, Any], concurrencies: list[int]) -> Any:
+    """One warmed-up vLLM engine for `method`."""
     from vllm import LLM
 
-    llm = LLM(**engine_kwargs, speculative_config=method.speculative_config,
-              max_num_seqs=max(concurrencies))
+    return LLM(**engine_kwargs, speculative_config=method.speculative_config, max_num_seqs=max(concurrencies))
+
+
+def stop_engine(llm: Any) -> None:
+    llm.llm_engine.engine_core.shutdown()
+
+
+def run_method(method: Method, engine_kwargs: dict[str, Any], prompts: list[list[int]],
+               params: Any, concurrencies: list[int]) -> list[RunResult]:
+    llm = start_engine(method, engine_kwargs, concurrencies)
     try:
         generate_at(llm, prompts[:1], params, 1, f"{method.name} warm-up")
         results = []
@@ -73,7 +90,104 @@ def run_method(method: Method, engine_kwargs: dict[str, Any], prompts: list[list
             results.append(measure(method, c, seconds, outputs, before, spec_counters(llm)))
         return results
     finally:
-        llm.llm_engine.engine_core.shutdown()
+        stop_engine(llm)
+
+
+# vLLM's worker busy-polls its input queue for 1 s after its last step
+# (shm_broadcast's SpinCondition), taking a core another engine would need.
+SETTLE_S = 1.2
+
+
+def prompt_groups(num_prompts: int, concurrency: int) -> list[range]:
+    """Consecutive index ranges of about 2 * concurrency prompts: the unit the methods alternate on."""
+    n = max(1, round(num_prompts / (2 * concurrency)))
+    bounds = [round(i * num_prompts / n) for i in range(n + 1)]
+    return [range(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
+def alternating(methods: list[Method], groups: list[range]) -> Iterator[tuple[Method, range]]:
+    """Every method on every group, the method order reversed on odd groups (ABBA)."""
+    for g, group in enumerate(groups):
+        for method in (methods if g % 2 == 0 else methods[::-1]):
+            yield method, group
+
+
+def run_interleaved(methods: list[Method], engine_kwargs: dict[str, Any], prompts: list[list[int]],
+                    params: Any, concurrencies: list[int], settle_s: float = SETTLE_S,
+                    max_engines: int | None = None) -> list[RunResult]:
+    """One result per (method, c, round); methods[0] is the baseline, run in every round.
+
+    As many engines run at once as memory allows (measured on the baseline's
+    engine) or `max_engines`; the other methods are split into rounds that each
+    alternate with the baseline, so every speed-up compares runs minutes apart at most."""
+    baseline, others = methods[0], methods[1:]
+    before = available_memory()
+    base_llm = start_warm(baseline, engine_kwargs, prompts, params, concurrencies)
+    try:
+        size = max(1, (max_engines or engines_that_fit(before - available_memory())) - 1)
+        results: list[RunResult] = []
+        for r in range(0, max(len(others), 1), size):
+            chunk = others[r:r + size]
+            engines = {baseline.name: base_llm}
+            try:
+                for method in tqdm(chunk, desc=f"round {r // size + 1}: starting engines", unit="engine"):
+                    engines[method.name] = start_warm(method, engine_kwargs, prompts, params, concurrencies)
+                for res in alternate_round([baseline, *chunk], engines, prompts, params, concurrencies, settle_s):
+                    res.round = r // size
+                    results.append(res)
+            finally:
+                for name, llm in engines.items():
+                    if name != baseline.name:
+                        stop_engine(llm)
+        return results
+    finally:
+        stop_engine(base_llm)
+
+
+def start_warm(method: Method, engine_kwargs: dict[str, Any], prompts: list[list[int]], params: Any,
+               concurrencies: list[int]) -> Any:
+    llm = start_engine(method, engine_kwargs, concurrencies)
+    generate_at(llm, prompts[:1], params, 1, f"{method.name} warm-up")
+    return llm
+
+
+def available_memory() -> int:
+    """MemAvailable of /proc/meminfo in bytes (0 where it cannot be read)."""
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def engines_that_fit(footprint: int, reserve: int = 3 << 29) -> int:
+    """How many engines of `footprint` bytes fit next to the one running, keeping `reserve` free."""
+    if footprint <= 0:
+        return 2
+    return 1 + max(1, (available_memory() - reserve) // footprint)
+
+
+def alternate_round(methods: list[Method], engines: dict[str, Any], prompts: list[list[int]], params: Any,
+                    concurrencies: list[int], settle_s: float) -> list[RunResult]:
+    """The methods' running engines alternating over prompt groups, per concurrency."""
+    results = []
+    for c in concurrencies:
+        before = {m.name: spec_counters(engines[m.name]) for m in methods}
+        outputs: dict[str, list[list[int]]] = {m.name: [[] for _ in prompts] for m in methods}
+        seconds = dict.fromkeys(outputs, 0.0)
+        for method, group in tqdm(list(alternating(methods, prompt_groups(len(prompts), c))),
+                                  desc=f"c={c}", unit="run"):
+            time.sleep(settle_s)
+            outs, secs = generate_at(engines[method.name], [prompts[i] for i in group], params, c,
+                                     f"{method.name} c={c}")
+            seconds[method.name] += secs
+            for i, out in zip(group, outs):
+                outputs[method.name][i] = out
+        results += [measure(m, c, seconds[m.name], outputs[m.name], before[m.name],
+                            spec_counters(engines[m.name])) for m in methods]
+    return results
 
 
 def measure(method: Method, c: int, seconds: float, outputs: list[list[int]],
