@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from vllm_nfoxhead.bench.methods import Method
 from vllm_nfoxhead.bench.report import rows
-from vllm_nfoxhead.bench.runner import RunResult, alternating, prompt_groups
+from vllm_nfoxhead.bench.runner import RunResult, add_counts, alternating, counter_delta, prompt_groups
 
 
 def test_prompt_groups_cover_every_prompt_once_in_order():
@@ -37,3 +37,12 @@ def test_speedups_compare_with_plain_of_the_same_round():
     assert got["plain"]["speedup"] == 1.0 and got["plain"]["num_tokens"] == 200
     assert got["plain"]["tokens_per_s"] == round(200 / 30, 2)
     assert got["x"]["outputs_match_plain"] and not got["y"]["outputs_match_plain"]
+
+
+def test_counters_of_separate_runs_add_up():
+    before = {"drafts": 10, "per_pos": [5, 2]}
+    after = {"drafts": 14, "per_pos": [7, 3, 1]}
+    delta = counter_delta(before, after)
+    assert delta == {"drafts": 4, "per_pos": [2, 1, 1]}
+    assert add_counts(delta, {"drafts": 1, "per_pos": [1]}) == {"drafts": 5, "per_pos": [3, 1, 1]}
+    assert add_counts({}, delta) == delta

@@ -22,6 +22,9 @@ def staged_directory(dest: Path, mode: int = 0o755) -> Iterator[Path]:
     try:
         yield tmp
         tmp.chmod(mode)  # mkdtemp makes it private; the result is a normal directory
+        for f in tmp.iterdir():
+            if f.is_file():
+                f.chmod(0o644)  # some writers (safetensors) create private files
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)

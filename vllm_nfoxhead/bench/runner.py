@@ -36,11 +36,46 @@ class RunResult:
 
 
 def spec_counters(llm: Any) -> dict[str, Any]:
+    """vLLM's speculative-decoding counters. They live in one registry per process, so
+    with several engines in a process only differences around one engine's run are its own."""
     values: dict[str, Any] = {}
     for m in llm.get_metrics():
         if m.name.startswith("vllm:spec_decode"):
             values[m.name] = list(m.values) if hasattr(m, "values") else m.value
     return values
+
+
+def counter_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """after - before, per counter (per position for list counters)."""
+    def sub(a: Any, b: Any) -> Any:
+        if isinstance(a, list):
+            b = b or []
+            return [x - (b[i] if i < len(b) else 0) for i, x in enumerate(a)]
+        return a - (b or 0)
+
+    return {name: sub(a, before.get(name)) for name, a in after.items()}
+
+
+def add_counts(total: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
+    """Element-wise sum of two counter dicts (lists may differ in length)."""
+    out = dict(total)
+    for name, d in delta.items():
+        t = out.get(name)
+        if isinstance(d, list):
+            t = list(t or [])
+            t += [0] * (len(d) - len(t))
+            out[name] = [x + (d[i] if i < len(d) else 0) for i, x in enumerate(t)]
+        else:
+            out[name] = (t or 0) + d
+    return out
+
+
+def counted_generate(llm: Any, prompts: list[list[int]], params: Any, concurrency: int,
+                     label: str) -> tuple[list[list[int]], float, dict[str, Any]]:
+    """`generate_at` plus the speculative-decoding counters this run added."""
+    before = spec_counters(llm)
+    outputs, seconds = generate_at(llm, prompts, params, concurrency, label)
+    return outputs, seconds, counter_delta(before, spec_counters(llm))
 
 
 def generate_at(llm: Any, prompts: list[list[int]], params: Any, concurrency: int,
@@ -85,9 +120,8 @@ def run_method(method: Method, engine_kwargs: dict[str, Any], prompts: list[list
         generate_at(llm, prompts[:1], params, 1, f"{method.name} warm-up")
         results = []
         for c in concurrencies:
-            before = spec_counters(llm)
-            outputs, seconds = generate_at(llm, prompts, params, c, f"{method.name} c={c}")
-            results.append(measure(method, c, seconds, outputs, before, spec_counters(llm)))
+            outputs, seconds, counts = counted_generate(llm, prompts, params, c, f"{method.name} c={c}")
+            results.append(measure(method, c, seconds, outputs, counts))
         return results
     finally:
         stop_engine(llm)
@@ -174,31 +208,27 @@ def alternate_round(methods: list[Method], engines: dict[str, Any], prompts: lis
     """The methods' running engines alternating over prompt groups, per concurrency."""
     results = []
     for c in concurrencies:
-        before = {m.name: spec_counters(engines[m.name]) for m in methods}
+        counts: dict[str, dict[str, Any]] = {m.name: {} for m in methods}
         outputs: dict[str, list[list[int]]] = {m.name: [[] for _ in prompts] for m in methods}
         seconds = dict.fromkeys(outputs, 0.0)
         for method, group in tqdm(list(alternating(methods, prompt_groups(len(prompts), c))),
                                   desc=f"c={c}", unit="run"):
             time.sleep(settle_s)
-            outs, secs = generate_at(engines[method.name], [prompts[i] for i in group], params, c,
-                                     f"{method.name} c={c}")
+            outs, secs, delta = counted_generate(engines[method.name], [prompts[i] for i in group], params, c,
+                                                 f"{method.name} c={c}")
             seconds[method.name] += secs
+            counts[method.name] = add_counts(counts[method.name], delta)
             for i, out in zip(group, outs):
                 outputs[method.name][i] = out
-        results += [measure(m, c, seconds[m.name], outputs[m.name], before[m.name],
-                            spec_counters(engines[m.name])) for m in methods]
+        results += [measure(m, c, seconds[m.name], outputs[m.name], counts[m.name]) for m in methods]
     return results
 
 
-def measure(method: Method, c: int, seconds: float, outputs: list[list[int]],
-            before: dict[str, Any], after: dict[str, Any]) -> RunResult:
-    def delta(name: str) -> Any:
-        a, b = after.get(name, 0), before.get(name, 0)
-        return [x - y for x, y in zip(a, b)] if isinstance(a, list) else a - b
-
-    drafts = delta("vllm:spec_decode_num_drafts")
-    accepted = delta("vllm:spec_decode_num_accepted_tokens")
-    per_pos = delta("vllm:spec_decode_num_accepted_tokens_per_pos") or []
+def measure(method: Method, c: int, seconds: float, outputs: list[list[int]], counts: dict[str, Any]) -> RunResult:
+    """A RunResult from the outputs, wall seconds and the speculative counters of the run."""
+    drafts = counts.get("vllm:spec_decode_num_drafts", 0)
+    accepted = counts.get("vllm:spec_decode_num_accepted_tokens", 0)
+    per_pos = counts.get("vllm:spec_decode_num_accepted_tokens_per_pos") or []
     return RunResult(
         method=method.name, concurrency=c, seconds=seconds,
         num_tokens=sum(len(o) for o in outputs),
