@@ -20,11 +20,12 @@ def test_bench_writes_table_json_and_plot(tmp_path, tiny_assets, capsys):
     main(["--model", str(model), "--heads", str(heads), "--prompts", str(prompts), "--no-chat",
           "--num-prompts", "4",
           "--max-tokens", "16", "--concurrency", "1", "2", "--methods", "plain,nfoxhead",
-          "--trees", "wide_6", "--lookup", "8", "--ignore-eos", "--dtype", "float32", "--kv-cache-gib", "0.1",
-          "--max-engines", "2", "--out", str(out)])
+          "--trees", "wide_6", "--lookup", "0", "8", "--ignore-eos", "--dtype", "float32", "--kv-cache-gib", "0.1",
+          "--max-engines", "3", "--out", str(out)])
     report = json.loads((out / "bench.json").read_text())
     got = {(r["method"], r["concurrency"]): r for r in report["results"]}
-    methods = ("plain", "nfoxhead-chain+lookup8", "nfoxhead-tree:wide_6+lookup8")
+    methods = ("plain", "nfoxhead-chain", "nfoxhead-chain+lookup8", "nfoxhead-tree:wide_6",
+               "nfoxhead-tree:wide_6+lookup8")
     assert set(got) == {(m, c) for m in methods for c in (1, 2)}
     for (method, _), row in got.items():
         assert row["outputs_match_plain"], method
@@ -37,8 +38,9 @@ def test_bench_writes_table_json_and_plot(tmp_path, tiny_assets, capsys):
             # The heads were fitted to these prompts: speculation must be accepted.
             assert row["acceptance_length"] > 2.0, row
             assert len(row["per_position_acceptance"]) >= 4
-    # Two engines at a time: each NFoxHead method had its own round alternating with plain.
-    assert sorted(row["round"] for (m, c), row in got.items() if c == 1 and m != "plain") == [0, 1]
+    # Three engines at a time: two rounds of two NFoxHead methods alternating with plain, each
+    # method with its own counts (a shared registry would leave the older engine of a round without).
+    assert sorted(row["round"] for (m, c), row in got.items() if c == 1 and m != "plain") == [0, 0, 1, 1]
     assert report["settings"]["schedule"] == "interleaved"
     assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
     assert "nfoxhead-tree:wide_6" in capsys.readouterr().out

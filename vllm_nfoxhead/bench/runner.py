@@ -20,6 +20,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from ..errors import NFoxHeadError
 from .methods import Method
 
 
@@ -35,14 +36,40 @@ class RunResult:
     round: int = 0  # interleaved runs: speed-ups compare with the baseline of the same round
 
 
+class SpecCounts:
+    """One engine's speculative-decoding counts, summed from the stats it records each step.
+
+    vLLM's Prometheus counters (what `LLM.get_metrics` reads) cannot tell engines
+    apart: each new engine re-registers them (PrometheusStatLogger.__init__ calls
+    unregister_vllm_metrics), so with several engines in one process only the newest
+    one's counts would be readable. This wraps the engine's own
+    `StatLoggerManager.record` (vllm/v1/metrics/loggers.py), bench-only."""
+
+    def __init__(self, llm: Any) -> None:
+        self.values: dict[str, Any] = {}
+        manager = llm.llm_engine.logger_manager
+        if manager is None:
+            raise NFoxHeadError("the benchmark's engines need stats", "start them with disable_log_stats=False")
+        record = manager.record
+
+        def counting_record(*args: Any, **kwargs: Any) -> Any:
+            stats = kwargs.get("scheduler_stats", args[0] if args else None)
+            spec = getattr(stats, "spec_decoding_stats", None)
+            if spec is not None:
+                self.values = add_counts(self.values, {
+                    "vllm:spec_decode_num_drafts": spec.num_drafts,
+                    "vllm:spec_decode_num_accepted_tokens": spec.num_accepted_tokens,
+                    "vllm:spec_decode_num_accepted_tokens_per_pos": list(spec.num_accepted_tokens_per_pos)})
+            return record(*args, **kwargs)
+
+        manager.record = counting_record
+        llm._nfoxhead_spec_counts = self
+
+
 def spec_counters(llm: Any) -> dict[str, Any]:
-    """vLLM's speculative-decoding counters. They live in one registry per process, so
-    with several engines in a process only differences around one engine's run are its own."""
-    values: dict[str, Any] = {}
-    for m in llm.get_metrics():
-        if m.name.startswith("vllm:spec_decode"):
-            values[m.name] = list(m.values) if hasattr(m, "values") else m.value
-    return values
+    """A snapshot of the engine's speculative-decoding counts (see SpecCounts)."""
+    counts = getattr(llm, "_nfoxhead_spec_counts", None) or SpecCounts(llm)
+    return dict(counts.values)
 
 
 def counter_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
@@ -106,7 +133,9 @@ def start_engine(method: Method, engine_kwargs: dict[str, Any], concurrencies: l
     """One warmed-up vLLM engine for `method`."""
     from vllm import LLM
 
-    return LLM(**engine_kwargs, speculative_config=method.speculative_config, max_num_seqs=max(concurrencies))
+    llm = LLM(**engine_kwargs, speculative_config=method.speculative_config, max_num_seqs=max(concurrencies))
+    SpecCounts(llm)
+    return llm
 
 
 def stop_engine(llm: Any) -> None:
