@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from vllm_nfoxhead.bench.methods import Method
 from vllm_nfoxhead.bench.report import rows
-from vllm_nfoxhead.bench.runner import RunResult, add_counts, alternating, counter_delta, prompt_groups
+from types import SimpleNamespace
+
+from vllm_nfoxhead.bench.runner import RunResult, SpecCounts, alternating, prompt_groups
 
 
 def test_prompt_groups_cover_every_prompt_once_in_order():
@@ -39,10 +41,43 @@ def test_speedups_compare_with_plain_of_the_same_round():
     assert got["x"]["outputs_match_plain"] and not got["y"]["outputs_match_plain"]
 
 
-def test_counters_of_separate_runs_add_up():
-    before = {"drafts": 10, "per_pos": [5, 2]}
-    after = {"drafts": 14, "per_pos": [7, 3, 1]}
-    delta = counter_delta(before, after)
-    assert delta == {"drafts": 4, "per_pos": [2, 1, 1]}
-    assert add_counts(delta, {"drafts": 1, "per_pos": [1]}) == {"drafts": 5, "per_pos": [3, 1, 1]}
-    assert add_counts({}, delta) == delta
+def test_spec_counts_sum_the_recorded_steps_and_reset():
+    recorded = []
+    manager = SimpleNamespace(record=lambda *args, **kwargs: recorded.append(kwargs))
+    llm = SimpleNamespace(llm_engine=SimpleNamespace(logger_manager=manager))
+    counts = SpecCounts(llm)
+
+    def step(drafts: int, accepted: int, per_pos: list[int]) -> None:
+        spec = SimpleNamespace(num_drafts=drafts, num_accepted_tokens=accepted, num_accepted_tokens_per_pos=per_pos)
+        manager.record(scheduler_stats=SimpleNamespace(spec_decoding_stats=spec), iteration_stats=None)
+
+    step(3, 2, [2])
+    manager.record(scheduler_stats=SimpleNamespace(spec_decoding_stats=None), iteration_stats=None)
+    step(4, 5, [3, 1, 1])
+    assert (counts.drafts, counts.accepted, counts.per_position) == (7, 7, [5, 1, 1])
+    assert len(recorded) == 3  # vLLM's own record still runs every step
+    counts.reset()
+    step(1, 1, [1])
+    assert (counts.drafts, counts.accepted, counts.per_position) == (1, 1, [1])
+
+
+def test_sigterm_unwinds_the_benchmark_so_engines_are_shut_down():
+    import os
+    import signal
+
+    import pytest
+
+    from vllm_nfoxhead.bench.__main__ import stop_on_sigterm
+
+    previous = signal.getsignal(signal.SIGTERM)
+    unwound = []
+    try:
+        stop_on_sigterm()
+        with pytest.raises(SystemExit) as exit_info:
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)  # Python runs the handler right after
+            finally:
+                unwound.append(True)  # where the runner stops its engines
+        assert exit_info.value.code == 128 + signal.SIGTERM and unwound
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -200,8 +201,15 @@ def resolve_model(args: argparse.Namespace) -> tuple[Path, Path]:
     return args.model, args.heads
 
 
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit so the runner's `finally` blocks shut the engines
+    down; otherwise their EngineCore processes outlive the benchmark, busy-polling."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    stop_on_sigterm()
     model, heads = resolve_model(args)
     if args.trees is None:
         from ..format import validate_heads_dir

@@ -43,66 +43,42 @@ class SpecCounts:
     apart: each new engine re-registers them (PrometheusStatLogger.__init__ calls
     unregister_vllm_metrics), so with several engines in one process only the newest
     one's counts would be readable. This wraps the engine's own
-    `StatLoggerManager.record` (vllm/v1/metrics/loggers.py), bench-only."""
+    `StatLoggerManager.record` (vllm/v1/metrics/loggers.py), bench-only.
+    `reset()` before a measured phase, read the fields after it."""
 
     def __init__(self, llm: Any) -> None:
-        self.values: dict[str, Any] = {}
         manager = llm.llm_engine.logger_manager
         if manager is None:
             raise NFoxHeadError("the benchmark's engines need stats", "start them with disable_log_stats=False")
+        self.reset()
         record = manager.record
 
         def counting_record(*args: Any, **kwargs: Any) -> Any:
             stats = kwargs.get("scheduler_stats", args[0] if args else None)
             spec = getattr(stats, "spec_decoding_stats", None)
             if spec is not None:
-                self.values = add_counts(self.values, {
-                    "vllm:spec_decode_num_drafts": spec.num_drafts,
-                    "vllm:spec_decode_num_accepted_tokens": spec.num_accepted_tokens,
-                    "vllm:spec_decode_num_accepted_tokens_per_pos": list(spec.num_accepted_tokens_per_pos)})
+                self.add(spec.num_drafts, spec.num_accepted_tokens, list(spec.num_accepted_tokens_per_pos))
             return record(*args, **kwargs)
 
         manager.record = counting_record
         llm._nfoxhead_spec_counts = self
 
+    def reset(self) -> None:
+        self.drafts = 0
+        self.accepted = 0
+        self.per_position: list[int] = []  # accepted drafts at position 0, 1, ...
 
-def spec_counters(llm: Any) -> dict[str, Any]:
-    """A snapshot of the engine's speculative-decoding counts (see SpecCounts)."""
-    counts = getattr(llm, "_nfoxhead_spec_counts", None) or SpecCounts(llm)
-    return dict(counts.values)
-
-
-def counter_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """after - before, per counter (per position for list counters)."""
-    def sub(a: Any, b: Any) -> Any:
-        if isinstance(a, list):
-            b = b or []
-            return [x - (b[i] if i < len(b) else 0) for i, x in enumerate(a)]
-        return a - (b or 0)
-
-    return {name: sub(a, before.get(name)) for name, a in after.items()}
+    def add(self, drafts: int, accepted: int, per_position: list[int]) -> None:
+        self.drafts += drafts
+        self.accepted += accepted
+        self.per_position += [0] * (len(per_position) - len(self.per_position))
+        for i, n in enumerate(per_position):
+            self.per_position[i] += n
 
 
-def add_counts(total: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
-    """Element-wise sum of two counter dicts (lists may differ in length)."""
-    out = dict(total)
-    for name, d in delta.items():
-        t = out.get(name)
-        if isinstance(d, list):
-            t = list(t or [])
-            t += [0] * (len(d) - len(t))
-            out[name] = [x + (d[i] if i < len(d) else 0) for i, x in enumerate(t)]
-        else:
-            out[name] = (t or 0) + d
-    return out
-
-
-def counted_generate(llm: Any, prompts: list[list[int]], params: Any, concurrency: int,
-                     label: str) -> tuple[list[list[int]], float, dict[str, Any]]:
-    """`generate_at` plus the speculative-decoding counters this run added."""
-    before = spec_counters(llm)
-    outputs, seconds = generate_at(llm, prompts, params, concurrency, label)
-    return outputs, seconds, counter_delta(before, spec_counters(llm))
+def spec_counts(llm: Any) -> SpecCounts:
+    """The counts attached to `llm` by `start_engine`."""
+    return llm._nfoxhead_spec_counts
 
 
 def generate_at(llm: Any, prompts: list[list[int]], params: Any, concurrency: int,
@@ -149,8 +125,9 @@ def run_method(method: Method, engine_kwargs: dict[str, Any], prompts: list[list
         generate_at(llm, prompts[:1], params, 1, f"{method.name} warm-up")
         results = []
         for c in concurrencies:
-            outputs, seconds, counts = counted_generate(llm, prompts, params, c, f"{method.name} c={c}")
-            results.append(measure(method, c, seconds, outputs, counts))
+            spec_counts(llm).reset()
+            outputs, seconds = generate_at(llm, prompts, params, c, f"{method.name} c={c}")
+            results.append(measure(method, c, seconds, outputs, spec_counts(llm)))
         return results
     finally:
         stop_engine(llm)
@@ -237,27 +214,25 @@ def alternate_round(methods: list[Method], engines: dict[str, Any], prompts: lis
     """The methods' running engines alternating over prompt groups, per concurrency."""
     results = []
     for c in concurrencies:
-        counts: dict[str, dict[str, Any]] = {m.name: {} for m in methods}
+        for m in methods:
+            spec_counts(engines[m.name]).reset()
         outputs: dict[str, list[list[int]]] = {m.name: [[] for _ in prompts] for m in methods}
         seconds = dict.fromkeys(outputs, 0.0)
         for method, group in tqdm(list(alternating(methods, prompt_groups(len(prompts), c))),
                                   desc=f"c={c}", unit="run"):
             time.sleep(settle_s)
-            outs, secs, delta = counted_generate(engines[method.name], [prompts[i] for i in group], params, c,
-                                                 f"{method.name} c={c}")
+            outs, secs = generate_at(engines[method.name], [prompts[i] for i in group], params, c,
+                                     f"{method.name} c={c}")
             seconds[method.name] += secs
-            counts[method.name] = add_counts(counts[method.name], delta)
             for i, out in zip(group, outs):
                 outputs[method.name][i] = out
-        results += [measure(m, c, seconds[m.name], outputs[m.name], counts[m.name]) for m in methods]
+        results += [measure(m, c, seconds[m.name], outputs[m.name], spec_counts(engines[m.name])) for m in methods]
     return results
 
 
-def measure(method: Method, c: int, seconds: float, outputs: list[list[int]], counts: dict[str, Any]) -> RunResult:
-    """A RunResult from the outputs, wall seconds and the speculative counters of the run."""
-    drafts = counts.get("vllm:spec_decode_num_drafts", 0)
-    accepted = counts.get("vllm:spec_decode_num_accepted_tokens", 0)
-    per_pos = counts.get("vllm:spec_decode_num_accepted_tokens_per_pos") or []
+def measure(method: Method, c: int, seconds: float, outputs: list[list[int]], counts: SpecCounts) -> RunResult:
+    """A RunResult from the outputs, wall seconds and the speculative counts of the run."""
+    drafts, accepted, per_pos = counts.drafts, counts.accepted, counts.per_position
     return RunResult(
         method=method.name, concurrency=c, seconds=seconds,
         num_tokens=sum(len(o) for o in outputs),
