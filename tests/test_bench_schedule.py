@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from vllm_nfoxhead.bench.methods import Method
-from vllm_nfoxhead.bench.report import rows
+import os
+import signal
 from types import SimpleNamespace
 
+import pytest
+
+from vllm_nfoxhead.bench.__main__ import stop_on_sigterm
+from vllm_nfoxhead.bench.methods import Method
+from vllm_nfoxhead.bench.report import rows
 from vllm_nfoxhead.bench.runner import RunResult, SpecCounts, alternating, prompt_groups
 
 
@@ -62,13 +67,6 @@ def test_spec_counts_sum_the_recorded_steps_and_reset():
 
 
 def test_sigterm_unwinds_the_benchmark_so_engines_are_shut_down():
-    import os
-    import signal
-
-    import pytest
-
-    from vllm_nfoxhead.bench.__main__ import stop_on_sigterm
-
     previous = signal.getsignal(signal.SIGTERM)
     unwound = []
     try:

@@ -61,7 +61,6 @@ class SpecCounts:
             return record(*args, **kwargs)
 
         manager.record = counting_record
-        llm._nfoxhead_spec_counts = self
 
     def reset(self) -> None:
         self.drafts = 0
@@ -106,11 +105,11 @@ def generate_at(llm: Any, prompts: list[list[int]], params: Any, concurrency: in
 
 
 def start_engine(method: Method, engine_kwargs: dict[str, Any], concurrencies: list[int]) -> Any:
-    """One warmed-up vLLM engine for `method`."""
+    """A vLLM engine for `method`, counting its own speculative decoding (`spec_counts`)."""
     from vllm import LLM
 
     llm = LLM(**engine_kwargs, speculative_config=method.speculative_config, max_num_seqs=max(concurrencies))
-    SpecCounts(llm)
+    llm._nfoxhead_spec_counts = SpecCounts(llm)
     return llm
 
 
