@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from vllm_nfoxhead.integration.cpu_kv_layout import affine_strides, probe_layout
+from vllm_nfoxhead.integration.cpu_tree_attention import split_cache
 
 ISAS = ("vec", "vec16", "amx")
 
@@ -15,18 +16,18 @@ def write_tokens(isa: str, dtype: torch.dtype, block_size: int, head_size: int, 
     from vllm import _custom_ops as ops
 
     heads, num_blocks = 2, 6
-    cache = torch.zeros(num_blocks, heads, 2 * block_size, head_size, dtype=dtype)
-    key_cache, value_cache = cache.chunk(2, dim=2)
+    cache = torch.zeros(num_blocks, heads, block_size, 2 * head_size, dtype=dtype)  # vLLM's CPU shape
+    key_cache, value_cache = split_cache(cache)
     gen = torch.Generator().manual_seed(0)
     keys = torch.randn(len(slots), heads, head_size, generator=gen).to(dtype)
     values = torch.randn(len(slots), heads, head_size, generator=gen).to(dtype)
     ops.cpu_attn_reshape_and_cache(keys, values, key_cache, value_cache, slots, isa)
-    return key_cache, value_cache, keys, values
+    return cache, keys, values
 
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_read_blocks_returns_what_the_kernel_wrote(isa, dtype):
+def test_reads_return_what_the_kernel_wrote(isa, dtype):
     block_size, head_size = 32, 64
     try:
         layout = probe_layout(block_size, head_size, dtype, isa)
@@ -37,9 +38,11 @@ def test_read_blocks_returns_what_the_kernel_wrote(isa, dtype):
     blocks = torch.tensor([4, 1, 3])  # a request's block table, out of order
     length = 2 * block_size + 5
     slots = torch.cat([b * block_size + torch.arange(block_size) for b in blocks.tolist()])[:length]
-    key_cache, value_cache, keys, values = write_tokens(isa, dtype, block_size, head_size, slots)
-    assert torch.equal(layout.read_blocks(key_cache, blocks, "key")[:length], keys)
-    assert torch.equal(layout.read_blocks(value_cache, blocks, "value")[:length], values)
+    cache, keys, values = write_tokens(isa, dtype, block_size, head_size, slots)
+    key_cache = split_cache(cache)[0]
+    keys_t, values_hm = layout.read_head_major(cache, blocks, length)
+    assert torch.equal(keys_t, keys.permute(1, 2, 0))  # [H_kv, D, T]
+    assert torch.equal(values_hm, values.transpose(0, 1))  # [H_kv, T, D]
     assert torch.equal(layout.read(key_cache, slots, "key"), keys)
 
 

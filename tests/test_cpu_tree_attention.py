@@ -8,7 +8,7 @@ import types
 import pytest
 import torch
 
-from vllm_nfoxhead.integration.cpu_tree_attention import layout_for, tree_rows_attention
+from vllm_nfoxhead.integration.cpu_tree_attention import layout_for, split_cache, tree_rows_attention
 from vllm_nfoxhead.integration.tree_step import TreeRequest
 from vllm_nfoxhead.tree import parse_tree
 
@@ -22,8 +22,8 @@ def test_tree_rows_match_masked_sdpa(dtype):
     n = 5
     req = TreeRequest(batch_index=0, start=2, ctx=ctx, num_nodes=n, buffers=tree.buffers(torch.device("cpu")))
     layout = layout_for(block_size, dim, dtype, "vec")
-    kv_cache = torch.zeros(10, heads_kv, 2 * block_size, dim, dtype=dtype)
-    key_cache, value_cache = kv_cache.chunk(2, dim=2)
+    kv_cache = torch.zeros(10, heads_kv, block_size, 2 * dim, dtype=dtype)  # vLLM's CPU shape
+    key_cache, value_cache = split_cache(kv_cache)
     total = ctx + n + 1
     gen = torch.Generator().manual_seed(0)
     keys = torch.randn(total, heads_kv, dim, generator=gen).to(dtype)

@@ -53,17 +53,6 @@ def check_supported(impl: Any) -> None:
         )
 
 
-def cached_kv(layout: KVLayout, kv_cache: torch.Tensor, block_row: torch.Tensor,
-              length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """K and V of positions 0..length-1 of one request, as stored: each [length, H_kv, D]."""
-    key_cache, value_cache = split_cache(kv_cache)
-    num_blocks = -(-length // layout.block_size)
-    blocks = block_row[:num_blocks].long()
-    keys = layout.read_blocks(key_cache, blocks, "key")[:length]
-    values = layout.read_blocks(value_cache, blocks, "value")[:length]
-    return keys, values
-
-
 def tree_rows_attention(impl: Any, layout: KVLayout, req: TreeRequest, query: torch.Tensor,
                         kv_cache: torch.Tensor, block_row: torch.Tensor) -> torch.Tensor:
     """Attention output of one tree request's rows: [n+1, H_q * D].
@@ -75,14 +64,14 @@ def tree_rows_attention(impl: Any, layout: KVLayout, req: TreeRequest, query: to
     fast as SDPA with a mask for these few rows.
     """
     q = query[req.start: req.start + req.num_rows]  # [R, H_q, D], R = n+1
-    k, v = cached_kv(layout, kv_cache, block_row, req.ctx + req.num_rows)  # [T, H_kv, D]
+    k_t, v = layout.read_head_major(kv_cache, block_row, req.ctx + req.num_rows)  # [H_kv, D, T], [H_kv, T, D]
     rows, heads_q, dim = q.shape
-    heads_kv = k.shape[1]
+    heads_kv = k_t.shape[0]
     group = heads_q // heads_kv
     qg = q.view(rows, heads_kv, group, dim).permute(1, 2, 0, 3).reshape(heads_kv, group * rows, dim)
-    scores = torch.baddbmm(req.additive_mask(group, q.device), qg.float(), k.permute(1, 2, 0).float(),
+    scores = torch.baddbmm(req.additive_mask(group, q.device), qg.float(), k_t.float(),
                            alpha=impl.scale)  # [H_kv, g*R, T]
-    out = torch.bmm(scores.softmax(-1), v.transpose(0, 1).float())  # [H_kv, g*R, D]
+    out = torch.bmm(scores.softmax(-1), v.float())  # [H_kv, g*R, D]
     return out.view(heads_kv, group, rows, dim).permute(2, 0, 1, 3).reshape(rows, heads_q * dim)
 
 
