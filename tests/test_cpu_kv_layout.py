@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vllm_nfoxhead.integration.cpu_kv_layout import affine_strides, probe_layout
-from vllm_nfoxhead.integration.cpu_tree_attention import split_cache
+from vllm_nfoxhead.integration.cpu_kv_layout import affine_strides, probe_layout, split_cache
 
 ISAS = ("vec", "vec16", "amx")
 

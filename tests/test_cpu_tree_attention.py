@@ -8,7 +8,8 @@ import types
 import pytest
 import torch
 
-from vllm_nfoxhead.integration.cpu_tree_attention import layout_for, split_cache, tree_rows_attention
+from vllm_nfoxhead.integration.cpu_kv_layout import split_cache
+from vllm_nfoxhead.integration.cpu_tree_attention import layout_for, tree_rows_attention
 from vllm_nfoxhead.integration.tree_step import TreeRequest
 from vllm_nfoxhead.tree import parse_tree
 

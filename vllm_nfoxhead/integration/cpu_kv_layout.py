@@ -60,9 +60,9 @@ class KVLayout:
         bs = self.block_size
         nb = -(-length // bs)
         heads, dim = kv_cache.shape[1], self.head_size
-        regions = kv_cache.index_select(0, blocks[:nb].long()).view(nb, heads, 2 * bs, dim)
-        keys = self.block_tokens(regions[:, :, :bs], "key")  # [nb, H_kv, bs, D]
-        values = self.block_tokens(regions[:, :, bs:], "value")
+        key_half, value_half = split_cache(kv_cache.index_select(0, blocks[:nb].long()))
+        keys = self.block_tokens(key_half, "key")  # [nb, H_kv, bs, D]
+        values = self.block_tokens(value_half, "value")
         keys_t = keys.permute(1, 3, 0, 2).reshape(heads, dim, nb * bs)[:, :, :length]
         values = values.permute(1, 0, 2, 3).reshape(heads, nb * bs, dim)[:, :length]
         return keys_t, values
@@ -80,6 +80,13 @@ class KVLayout:
         region = (blocks * heads).view(-1, 1, 1) + torch.arange(heads, device=slots.device).view(1, -1, 1)
         flat = region * index.numel() + index[offsets].unsqueeze(1)  # [S, H_kv, D] logical indices
         return torch.take(cache_half, flat)
+
+
+def split_cache(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[num_blocks, H_kv, block_size, 2*D] -> key and value views [num_blocks, H_kv, block_size, D]."""
+    num_blocks, num_kv_heads, block_size, _ = kv_cache.shape
+    key_cache, value_cache = kv_cache.view(num_blocks, num_kv_heads, block_size * 2, -1).chunk(2, dim=2)
+    return key_cache, value_cache
 
 
 def affine_strides(index: torch.Tensor) -> tuple[int, int] | None:

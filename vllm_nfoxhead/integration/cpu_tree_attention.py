@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .cpu_kv_layout import KVLayout, probe_layout
+from .cpu_kv_layout import KVLayout, probe_layout, split_cache
 from .tree_step import TreeRequest, TreeStep
 
 
@@ -27,13 +27,6 @@ def layout_for(block_size: int, head_size: int, dtype: torch.dtype, isa: str) ->
             "tree verification is unavailable here. Fix: drop 'tree' to use chain drafting."
         )
     return layout
-
-
-def split_cache(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[num_blocks, H_kv, block_size, 2*D] -> key and value views [num_blocks, H_kv, block_size, D]."""
-    num_blocks, num_kv_heads, block_size, _ = kv_cache.shape
-    key_cache, value_cache = kv_cache.view(num_blocks, num_kv_heads, block_size * 2, -1).chunk(2, dim=2)
-    return key_cache, value_cache
 
 
 def check_supported(impl: Any) -> None:

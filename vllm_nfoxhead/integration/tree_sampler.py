@@ -19,7 +19,8 @@ import torch
 
 from ..acceptance import Acceptance, accept_greedy, accept_sampling, accept_typical
 from ..kv_compaction import compaction_pairs
-from .cpu_tree_attention import layout_for, split_cache
+from .cpu_kv_layout import split_cache
+from .cpu_tree_attention import layout_for
 from .options import NFoxHeadOptions
 from .tree_step import TreeRequest, TreeStep, current_step
 
