@@ -6,7 +6,8 @@ import json
 
 import pytest
 from vllm.engine.arg_utils import AsyncEngineArgs
-from vllm.entrypoints.launchers.cli_args import make_arg_parser
+# The parser `vllm serve` itself uses (its module moved between 0.32 and 0.33; this import works on both).
+from vllm.entrypoints.cli.serve import make_arg_parser
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 
 PROPOSER = "vllm_nfoxhead.integration.proposer.NFoxHeadProposer"

@@ -170,13 +170,21 @@ def _probs_of(probs: torch.Tensor, rows: torch.Tensor, drafts: torch.Tensor) -> 
 
 
 def _uniforms(bsz: int, n: int, generator: Generators, device: torch.device) -> torch.Tensor:
-    """[bsz, n] float64 uniforms in [0, 1), one row per request from its own generator if given."""
-    if generator is None or isinstance(generator, torch.Generator):
-        return torch.rand(bsz, n, dtype=torch.float64, device=device, generator=generator)
+    """[bsz, n] float64 uniforms in [0, 1), one row per request from its own generator if given.
+
+    Each generator draws on its own device (a CUDA generator cannot fill a CPU
+    tensor, nor the reverse); the uniforms then join `device`.
+    """
+    if generator is None:
+        return torch.rand(bsz, n, dtype=torch.float64, device=device)
+    if isinstance(generator, torch.Generator):
+        return torch.rand(bsz, n, dtype=torch.float64, device=generator.device, generator=generator).to(device)
     if len(generator) != bsz:
         raise ValueError(f"got {len(generator)} generators for {bsz} requests")
-    return torch.stack([torch.rand(n, dtype=torch.float64, device=device, generator=g)
-                        for g in generator])
+    return torch.stack([
+        torch.rand(n, dtype=torch.float64, device=device) if g is None else
+        torch.rand(n, dtype=torch.float64, device=g.device, generator=g).to(device)
+        for g in generator])
 
 
 def _sample_rows(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

@@ -190,6 +190,11 @@ def patch_triton_attention() -> None:
     if current_platform.is_cpu():
         return
     from vllm.v1.attention.backends.triton_attn import TritonAttentionImpl
+    # Names the tree step imports lazily, resolved now: a vLLM that moved one fails
+    # at start-up with an ImportError, not at the first tree step inside the engine.
+    from vllm.v1.attention.ops.triton_unified_attention import unified_attention  # noqa: F401
+    from vllm.v1.kv_cache_interface import is_quantized_kv_cache  # noqa: F401
+    from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p  # noqa: F401
 
     from .tree_step import current_step
     from .triton_tree_attention import fix_tree_rows_triton

@@ -2,62 +2,121 @@
 
 `TreeRejectionSampler` replaces the runner's `rejection_sampler`. It first runs
 vLLM's own sampler for the whole batch (chains, logprobs, penalties stay
-exactly vLLM's), then re-decides the rows of requests whose drafts branch:
-the core acceptance rules (acceptance.py) walk the tree with the target's
-argmax (greedy) or with samples of its temperature/top-k/top-p distribution
-(exact tree sampling, lossless at any temperature). With the opt-in
-`acceptance: "typical"`, sampled tree requests use Medusa's typical acceptance
-instead: faster, NOT lossless.
+exactly vLLM's), then re-decides the rows of requests whose drafts branch with
+the core rules (tree_verify.py): the target's argmax (greedy) or exact tree
+sampling from its temperature/top-k/top-p distribution (lossless at any
+temperature). With the opt-in `acceptance: "typical"`, sampled tree requests use
+Medusa's typical acceptance instead: faster, NOT lossless.
+
+Everything runs on the logits' device, batched over the step's tree requests:
+only the emitted token ids (written into vLLM's output in place) and the
+accepted node indices (for the KV compaction and the next draft) reach the host.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..acceptance import Acceptance, accept_greedy, accept_sampling, accept_typical
+from ..acceptance import Acceptance
 from ..kv_compaction import compaction_pairs
+from ..tree import TreeBuffers
+from ..tree_verify import verify_trees
 from .cpu_kv_layout import split_cache
 from .cpu_tree_attention import layout_for
 from .options import NFoxHeadOptions
 from .tree_step import TreeRequest, TreeStep, current_step
 
-_SAMPLING_EPS = 1e-5  # vLLM's threshold below which a temperature means greedy
+
+@dataclass
+class TreeBatch:
+    """The step's tree requests that share one tree, gathered before vLLM's sampler runs.
+
+    B requests, N nodes, V vocabulary, all tensors on the logits' device.
+    """
+
+    requests: list[TreeRequest]
+    buffers: TreeBuffers         # of the shared tree, on the device
+    batch_index: torch.Tensor    # [B] int64: the requests' rows in the sampler's output
+    draft_tokens: torch.Tensor   # [B, N] int64, -1 = node not scheduled this step
+    logits: torch.Tensor         # [B, N+1, V] float32 copy (vLLM's sampler edits logits in place)
 
 
-def target_probs(logits: torch.Tensor, index: int, sampling_metadata: Any) -> torch.Tensor | None:
-    """Request `index`'s sampling distribution per row [n+1, V]; None when it is greedy."""
+def group_by_tree(requests: list[TreeRequest]) -> list[list[TreeRequest]]:
+    """Requests drafting the same tree (same buffers object), first-seen order."""
+    groups: dict[int, list[TreeRequest]] = {}
+    for req in requests:
+        groups.setdefault(id(req.buffers), []).append(req)
+    return list(groups.values())
+
+
+def gather_batch(reqs: list[TreeRequest], metadata: Any, logits: torch.Tensor) -> TreeBatch:
+    """Index the requests' logits rows and drafts on the device (index lists built on the host).
+
+    logits [num_draft_tokens + batch, V]: per request its drafted rows then its
+    bonus row (vLLM's layout); metadata.num_draft_tokens is the host-side count.
+    Rows of nodes beyond a request's n repeat its last row and are never read.
+    """
+    device = logits.device
+    counts = list(metadata.num_draft_tokens)
+    row_start = [0]
+    for c in counts:
+        row_start.append(row_start[-1] + c + 1)
+    draft_start = [row_start[i] - i for i in range(len(counts))]  # = cumulative drafts before i
+    total = reqs[0].buffers.num_nodes
+    rows, drafts, valid = [], [], []
+    for req in reqs:
+        i, n = req.batch_index, req.num_nodes
+        first = row_start[i + 1] - 1 - n  # the request's root row (its first verification row)
+        rows += [first + min(j, n) for j in range(total + 1)]
+        drafts += [draft_start[i] + min(j, n - 1) for j in range(total)]
+        valid += [j < n for j in range(total)]
+    shape = (len(reqs), total)
+    draft_ids = metadata.draft_token_ids.index_select(0, _ids(drafts, device)).long().view(shape)
+    mask = torch.tensor(valid, dtype=torch.bool, device=device).view(shape)
+    return TreeBatch(
+        requests=reqs,
+        buffers=reqs[0].buffers_on(device),
+        batch_index=_ids([r.batch_index for r in reqs], device),
+        draft_tokens=draft_ids.masked_fill(~mask, -1),
+        logits=logits.index_select(0, _ids(rows, device)).float().view(len(reqs), total + 1, -1),
+    )
+
+
+def _ids(values: list[int], device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.long, device=device)
+
+
+def verify_batch(batch: TreeBatch, sampling_metadata: Any, options: NFoxHeadOptions,
+                 mask: Any = None) -> Acceptance:
+    """Run the acceptance rule on a gathered batch with each request's sampling settings."""
+    index = batch.batch_index
     temperature = sampling_metadata.temperature
-    t = 0.0 if sampling_metadata.all_greedy or temperature is None else float(temperature[index])
-    if t < _SAMPLING_EPS:
-        return None
+    if sampling_metadata.all_greedy or temperature is None:
+        temperature = torch.zeros(index.shape[0], dtype=torch.float32, device=index.device)
+    else:
+        temperature = temperature.index_select(0, index)
+    top_k, top_p = sampling_metadata.top_k, sampling_metadata.top_p
+    generators = [sampling_metadata.generators.get(int(i)) for i in
+                  (r.batch_index for r in batch.requests)]
+    extra = {"mask": mask} if mask is not None else {}
+    return verify_trees(
+        batch.buffers, batch.draft_tokens, batch.logits, temperature,
+        top_k=None if top_k is None else top_k.index_select(0, index),
+        top_p=None if top_p is None else top_p.index_select(0, index),
+        generators=generators, mode=options.acceptance,
+        posterior_threshold=options.posterior_threshold, posterior_alpha=options.posterior_alpha,
+        **extra)
+
+
+def vllm_top_k_top_p(logits: torch.Tensor, k: torch.Tensor | None, p: torch.Tensor | None) -> torch.Tensor:
+    """vLLM's own top-k/top-p op (its CUDA kernel on GPUs), so tree targets equal its sampler's."""
     from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p
 
-    rows = logits.shape[0]
-    top_k, top_p = sampling_metadata.top_k, sampling_metadata.top_p
-    k = top_k[index : index + 1].expand(rows) if top_k is not None else None
-    p = top_p[index : index + 1].expand(rows) if top_p is not None else None
-    return apply_top_k_top_p(logits / t, k, p).softmax(dim=-1)
-
-
-def verify(req: TreeRequest, drafts: list[int], logits: torch.Tensor, index: int,
-           sampling_metadata: Any, options: NFoxHeadOptions) -> Acceptance:
-    """Run the core acceptance rule on one request (nodes beyond n disabled)."""
-    n, total = req.num_nodes, req.buffers.num_nodes
-    tokens = torch.full((1, total), -1, dtype=torch.long)
-    tokens[0, :n] = torch.tensor(drafts)
-    rows = torch.zeros(total + 1, logits.shape[1], dtype=logits.dtype)
-    rows[: n + 1] = logits  # rows of disabled nodes are never read
-    probs = target_probs(rows, index, sampling_metadata)
-    if probs is None:
-        return accept_greedy(req.buffers, tokens, rows[None])
-    if options.acceptance == "typical":  # lossy, opt-in (documented as such)
-        return accept_typical(req.buffers, tokens, probs[None],
-                              threshold=options.posterior_threshold, alpha=options.posterior_alpha)
-    generator = sampling_metadata.generators.get(index)
-    return accept_sampling(req.buffers, tokens, probs[None], generator=generator)
+    return apply_top_k_top_p(logits, k, p)
 
 
 class TreeRejectionSampler:
@@ -75,26 +134,26 @@ class TreeRejectionSampler:
         step = current_step()
         if step is None or not step.requests:
             return self.inner(metadata, draft_probs, logits, sampling_metadata)
-        rows = {req.batch_index: self._rows(req, metadata, logits) for req in step.requests}
+        batches = [gather_batch(reqs, metadata, logits) for reqs in group_by_tree(step.requests)]
         out = self.inner(metadata, draft_probs, logits, sampling_metadata)
         tokens = out.sampled_token_ids  # [B, max_spec + 1], -1 = rejected
-        drafts = metadata.draft_token_ids.tolist()
-        cu = metadata.cu_num_draft_tokens.tolist()
-        for req in step.requests:
-            i, n = req.batch_index, req.num_nodes
-            result = verify(req, drafts[cu[i] - n : cu[i]], rows[i], i, sampling_metadata, self.options)
-            emitted = result.tokens[0]  # accepted tokens, bonus, -1 padding
-            req.accepted = result.accepted_nodes[0, : int(result.num_accepted[0])].tolist()
-            tokens[i].fill_(-1)
-            tokens[i, : emitted.shape[0]] = emitted.to(tokens.dtype)
+        for batch in batches:
+            result = verify_batch(batch, sampling_metadata, self.options, vllm_top_k_top_p)
+            write_tokens(tokens, batch.batch_index, result.tokens)
+            paths = torch.cat([result.num_accepted[:, None], result.accepted_nodes], dim=1).tolist()
+            for req, (num, *path) in zip(batch.requests, paths):
+                req.accepted = path[:num]
         compact_kv(step)
         return out
 
-    @staticmethod
-    def _rows(req: TreeRequest, metadata: Any, logits: torch.Tensor) -> torch.Tensor:
-        """The request's logits rows [n+1, V] (root first), copied before vLLM edits them in place."""
-        last = int(metadata.bonus_logits_indices[req.batch_index])
-        return logits[last - (req.num_rows - 1) : last + 1].float().clone()
+
+def write_tokens(tokens: torch.Tensor, batch_index: torch.Tensor, emitted: torch.Tensor) -> None:
+    """In place on the device: rows `batch_index` [B] of tokens [R, W] become emitted [B, D+1]
+    (accepted tokens, bonus, -1 padding), -1 beyond. Columns past W are -1 by construction."""
+    width = min(emitted.shape[1], tokens.shape[1])
+    rows = torch.full((batch_index.shape[0], tokens.shape[1]), -1, dtype=tokens.dtype, device=tokens.device)
+    rows[:, :width] = emitted[:, :width].to(tokens.dtype)
+    tokens.index_copy_(0, batch_index.to(tokens.device), rows)
 
 
 def compact_kv(step: TreeStep) -> None:

@@ -26,11 +26,21 @@ class TreeRequest:
     num_nodes: int  # n drafted nodes scheduled (a parent-first prefix of the tree)
     buffers: TreeBuffers  # of the whole tree; rows beyond n are absent this step
     accepted: list[int] = field(default_factory=list)  # node indices kept, set by the sampler
+    tree: Tree | None = None  # the drafted tree (buffers on other devices come from it)
     _additive: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def num_rows(self) -> int:
         return self.num_nodes + 1
+
+    def buffers_on(self, device: torch.device) -> TreeBuffers:
+        """The tree's buffers on `device` (cached per tree and device)."""
+        if self.buffers.depth.device == torch.device(device):
+            return self.buffers
+        if self.tree is None:
+            raise ValueError(f"tree buffers are on {self.buffers.depth.device}, needed on {device}, "
+                             "and the request carries no tree to rebuild them from")
+        return self.tree.buffers(device)
 
     @property
     def mask(self) -> torch.Tensor:
@@ -96,5 +106,5 @@ def build_step(runner: Any, scheduler_output: Any, tree_of: dict[str, Tree]) -> 
         rows = torch.arange(start, start + n + 1, device=runner.positions.device)
         depth = buffers.position_offsets[: n + 1].to(runner.positions.device)
         runner.positions[rows] = ctx + depth
-        requests.append(TreeRequest(i, start, ctx, n, buffers))
+        requests.append(TreeRequest(i, start, ctx, n, buffers, tree=tree))
     return TreeStep(requests)

@@ -57,7 +57,7 @@ def kernel_bias(mask: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 def check_supported(impl: Any, attn_metadata: Any, output_scale: torch.Tensor | None = None) -> None:
     """Refuse features whose masking the tree recomputation would not reproduce."""
-    from vllm.utils.torch_utils import is_quantized_kv_cache
+    from vllm.v1.kv_cache_interface import is_quantized_kv_cache  # 0.32 and 0.33 (torch_utils: 0.32 only)
 
     kv_dtype = str(getattr(impl, "kv_cache_dtype", "auto"))
     unsupported = [
