@@ -198,3 +198,23 @@ def test_verify_trees_merges_greedy_and_sampled_in_request_order():
     greedy = verify_trees(buffers, drafts, logits, torch.zeros(4))
     assert torch.equal(result.tokens, greedy.tokens)
     assert torch.equal(result.accepted_nodes, greedy.accepted_nodes)
+
+
+def test_lazy_row_sampling_equals_sampling_from_all_rows():
+    """verify_trees computes probabilities only for visited rows: same draws, same result."""
+    from vllm_nfoxhead.acceptance import accept_sampling
+    from vllm_nfoxhead.tree_verify import target_probs
+
+    torch.manual_seed(5)
+    buffers, b = TREE.buffers("cpu"), 64
+    logits = torch.randn(b, TREE.num_nodes + 1, V) * 8  # peaked: the argmax path is likely
+    drafts = logits.argmax(-1)[:, buffers.parent + 1]  # every node likely: deep walks
+    drafts[::3] = torch.randint(0, V, drafts[::3].shape)
+    t, p = torch.full((b,), 0.7), torch.full((b,), 0.8)
+    full = target_probs(logits.reshape(-1, V), t.repeat_interleave(TREE.num_nodes + 1),
+                        None, p.repeat_interleave(TREE.num_nodes + 1)).view(logits.shape)
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(b)]  # noqa: E731
+    lazy = verify_trees(buffers, drafts, logits, t, top_p=p, generators=gens())
+    eager = accept_sampling(buffers, drafts, full, generator=gens())
+    assert torch.equal(lazy.tokens, eager.tokens)
+    assert lazy.num_accepted.float().mean() > 1  # the walks went deep

@@ -21,7 +21,7 @@ token ids, so token 0 is as acceptable as any other.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +29,7 @@ import torch
 from vllm_nfoxhead.tree import TreeBuffers
 
 Generators = torch.Generator | Sequence[torch.Generator | None] | None
+RowProbs = Callable[[torch.Tensor], torch.Tensor]  # rows [B] int64 (0 = root) -> probs [B, V]
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,16 @@ def accept_greedy(buffers: TreeBuffers, draft_tokens: torch.Tensor,
     Siblings carry distinct tokens, so the accepted path is unique; were two paths
     equally long (duplicate sibling tokens) the first in buffer order wins.
     """
-    drafts = draft_tokens.long()
-    argmax = target_logits.argmax(dim=-1)                          # [B, N+1]
+    return accept_greedy_ids(buffers, draft_tokens, target_logits.argmax(dim=-1))
+
+
+def accept_greedy_ids(buffers: TreeBuffers, draft_tokens: torch.Tensor, argmax: torch.Tensor) -> Acceptance:
+    """accept_greedy from the target's argmax token per row, argmax [B, N+1] int64.
+
+    For callers that take the argmax over the whole step's logits at once and
+    never gather vocabulary-sized rows per request.
+    """
+    drafts, argmax = draft_tokens.long(), argmax.long()
     match = (drafts == argmax[:, buffers.parent + 1]) & (drafts >= 0)  # [B, N]
     best = _deepest_accepted(buffers, match)                       # [B]
     bonus = argmax.gather(1, (best + 1)[:, None]).squeeze(1)       # [B]
@@ -84,7 +93,7 @@ def accept_typical(buffers: TreeBuffers, draft_tokens: torch.Tensor, target_prob
     return _result(buffers, drafts, best, bonus)
 
 
-def accept_sampling(buffers: TreeBuffers, draft_tokens: torch.Tensor, target_probs: torch.Tensor,
+def accept_sampling(buffers: TreeBuffers, draft_tokens: torch.Tensor, target_probs: torch.Tensor | RowProbs,
                     generator: Generators = None) -> Acceptance:
     """Exact, lossless tree sampling.
 
@@ -94,7 +103,9 @@ def accept_sampling(buffers: TreeBuffers, draft_tokens: torch.Tensor, target_pro
     prefix, so the output distribution equals plain sampling.
 
     target_probs [B, N+1, V]: probabilities after the caller's temperature /
-    top-k / top-p (rows need not be normalised; zero entries are never drawn).
+    top-k / top-p (rows need not be normalised; zero entries are never drawn);
+    or a function rows [B] -> [B, V] giving them for one row per request, so a
+    caller computes only the D+1 rows the walk visits instead of all N+1.
     generator: None (global RNG), one torch.Generator for the batch, or one per
     request (None entries use the global RNG). Each request consumes exactly D+1
     uniforms (float64) from its generator per call, so per-request seeds reproduce.
@@ -102,13 +113,14 @@ def accept_sampling(buffers: TreeBuffers, draft_tokens: torch.Tensor, target_pro
     """
     drafts = draft_tokens.long()
     bsz, d = drafts.shape[0], buffers.max_depth
-    u = _uniforms(bsz, d + 1, generator, target_probs.device)       # [B, D+1] float64
+    u = _uniforms(bsz, d + 1, generator, drafts.device)             # [B, D+1] float64
     batch = torch.arange(bsz, device=drafts.device)
+    probs_at = target_probs if callable(target_probs) else (lambda rows: target_probs[batch, rows])
     cur = torch.full((bsz,), -1, dtype=torch.long, device=drafts.device)  # current node, -1 = root
     bonus = torch.full_like(cur, -1)
     active = torch.ones(bsz, dtype=torch.bool, device=drafts.device)
     for step in range(d + 1):
-        x = _sample_rows(target_probs[batch, cur + 1], u[:, step])  # [B]
+        x = _sample_rows(probs_at(cur + 1), u[:, step])             # [B]
         child = _child_with_token(buffers, drafts, cur, x)         # [B], -1 = none
         stop = active & (child < 0)
         bonus = torch.where(stop, x, bonus)

@@ -100,21 +100,25 @@ def _accept_sampled(buffers: TreeBuffers, draft_tokens: torch.Tensor, logits: to
                     temperature: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None,
                     generators: Sequence[torch.Generator | None] | None, mode: str,
                     threshold: float, alpha: float, mask: TopKTopP, rows: list[int]) -> Acceptance:
-    """The sampled requests `rows`: their target distributions in one pass, then the walk."""
+    """The sampled requests `rows`. Exact sampling computes target distributions only
+    for the rows its walk visits (D+1 per request, one batched pass per depth);
+    typical acceptance needs every row's entropy, so it computes all N+1."""
     index = _index(rows, logits.device)
     sub = logits.index_select(0, index)                              # [S, N+1, V]
-    s, r, v = sub.shape
-
-    def per_row(values: torch.Tensor | None) -> torch.Tensor | None:  # [B] -> [S*(N+1)]
-        return None if values is None else values.index_select(0, index).repeat_interleave(r)
-
-    probs = target_probs(sub.reshape(s * r, v), per_row(temperature), per_row(top_k), per_row(top_p),
-                         mask).view(s, r, v)                         # [S, N+1, V]
     drafts = draft_tokens.index_select(0, index)
+    t, k, p = (None if x is None else x.index_select(0, index) for x in (temperature, top_k, top_p))
     if mode == "typical":
+        s, r, v = sub.shape
+        per_row = [None if x is None else x.repeat_interleave(r) for x in (t, k, p)]  # [S*(N+1)]
+        probs = target_probs(sub.reshape(s * r, v), *per_row, mask).view(s, r, v)
         return accept_typical(buffers, drafts, probs, threshold=threshold, alpha=alpha)
+    batch = torch.arange(sub.shape[0], device=sub.device)
+
+    def probs_at(at: torch.Tensor) -> torch.Tensor:  # at [S] row per request -> [S, V]
+        return target_probs(sub[batch, at], t, k, p, mask)
+
     gens = [generators[i] for i in rows] if generators is not None else None
-    return accept_sampling(buffers, drafts, probs, generator=gens)
+    return accept_sampling(buffers, drafts, probs_at, generator=gens)
 
 
 def _index(rows: list[int], device: torch.device) -> torch.Tensor:

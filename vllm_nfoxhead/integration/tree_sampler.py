@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 
-from ..acceptance import Acceptance
+from ..acceptance import Acceptance, accept_greedy_ids
 from ..kv_compaction import compaction_pairs
 from ..tree import TreeBuffers
-from ..tree_verify import verify_trees
+from ..tree_verify import GREEDY_EPS, TopKTopP, top_k_top_p, verify_trees
 from .cpu_kv_layout import split_cache
 from .cpu_tree_attention import layout_for
 from .options import NFoxHeadOptions
@@ -33,7 +33,8 @@ from .tree_step import TreeRequest, TreeStep, current_step
 
 @dataclass
 class TreeBatch:
-    """The step's tree requests that share one tree, gathered before vLLM's sampler runs.
+    """Tree requests of one step that share a tree and are all greedy or all sampled,
+    gathered before vLLM's sampler runs (it edits logits in place).
 
     B requests, N nodes, V vocabulary, all tensors on the logits' device.
     """
@@ -42,47 +43,71 @@ class TreeBatch:
     buffers: TreeBuffers         # of the shared tree, on the device
     batch_index: torch.Tensor    # [B] int64: the requests' rows in the sampler's output
     draft_tokens: torch.Tensor   # [B, N] int64, -1 = node not scheduled this step
-    logits: torch.Tensor         # [B, N+1, V] float32 copy (vLLM's sampler edits logits in place)
+    greedy: bool
+    target: torch.Tensor         # greedy: argmax ids [B, N+1] int64; sampled: logits [B, N+1, V] float32
 
 
-def group_by_tree(requests: list[TreeRequest]) -> list[list[TreeRequest]]:
-    """Requests drafting the same tree (same buffers object), first-seen order."""
-    groups: dict[int, list[TreeRequest]] = {}
+def group_requests(requests: list[TreeRequest], greedy: list[bool]) -> list[list[TreeRequest]]:
+    """Requests drafting the same tree (same buffers) with the same greedy flag, first-seen order."""
+    groups: dict[tuple[int, bool], list[TreeRequest]] = {}
     for req in requests:
-        groups.setdefault(id(req.buffers), []).append(req)
+        groups.setdefault((id(req.buffers), greedy[req.batch_index]), []).append(req)
     return list(groups.values())
 
 
-def gather_batch(reqs: list[TreeRequest], metadata: Any, logits: torch.Tensor) -> TreeBatch:
-    """Index the requests' logits rows and drafts on the device (index lists built on the host).
+def greedy_flags(sampling_metadata: Any, batch_size: int) -> list[bool]:
+    """Per request of the step whether it decodes greedily (one small host read)."""
+    temperature = sampling_metadata.temperature
+    if sampling_metadata.all_greedy or temperature is None:
+        return [True] * batch_size
+    return (temperature[:batch_size] < GREEDY_EPS).tolist()
 
-    logits [num_draft_tokens + batch, V]: per request its drafted rows then its
-    bonus row (vLLM's layout); metadata.num_draft_tokens is the host-side count.
-    Rows of nodes beyond a request's n repeat its last row and are never read.
+
+def gather_batches(step: TreeStep, metadata: Any, logits: torch.Tensor,
+                   sampling_metadata: Any) -> list[TreeBatch]:
+    """The step's tree requests as TreeBatches. Greedy rows keep only their argmax,
+    taken over the whole step's logits in one pass; sampled rows are copied."""
+    greedy = greedy_flags(sampling_metadata, len(metadata.num_draft_tokens))
+    argmax = logits.argmax(dim=-1) if any(greedy[r.batch_index] for r in step.requests) else None
+    return [gather_batch(reqs, metadata, logits if not greedy[reqs[0].batch_index] else None, argmax)
+            for reqs in group_requests(step.requests, greedy)]
+
+
+def gather_batch(reqs: list[TreeRequest], metadata: Any, logits: torch.Tensor | None,
+                 argmax: torch.Tensor | None) -> TreeBatch:
+    """Index the requests' rows and drafts on the device (index lists built on the host).
+
+    The step's logits [num_draft_tokens + batch, V] hold per request its drafted
+    rows then its bonus row (vLLM's layout); metadata.num_draft_tokens is the
+    host-side count. Rows of nodes beyond a request's n repeat its last row and
+    are never read. Pass `logits` for sampled requests, else the step's `argmax`.
     """
-    device = logits.device
+    source = logits if logits is not None else argmax  # [rows, V] or [rows]
+    device = source.device
     counts = list(metadata.num_draft_tokens)
     row_start = [0]
     for c in counts:
         row_start.append(row_start[-1] + c + 1)
-    draft_start = [row_start[i] - i for i in range(len(counts))]  # = cumulative drafts before i
     total = reqs[0].buffers.num_nodes
     rows, drafts, valid = [], [], []
     for req in reqs:
         i, n = req.batch_index, req.num_nodes
         first = row_start[i + 1] - 1 - n  # the request's root row (its first verification row)
         rows += [first + min(j, n) for j in range(total + 1)]
-        drafts += [draft_start[i] + min(j, n - 1) for j in range(total)]
+        drafts += [row_start[i] - i + min(j, n - 1) for j in range(total)]  # drafts before i: row_start[i] - i
         valid += [j < n for j in range(total)]
     shape = (len(reqs), total)
     draft_ids = metadata.draft_token_ids.index_select(0, _ids(drafts, device)).long().view(shape)
     mask = torch.tensor(valid, dtype=torch.bool, device=device).view(shape)
+    target = source.index_select(0, _ids(rows, device))
     return TreeBatch(
         requests=reqs,
         buffers=reqs[0].buffers_on(device),
         batch_index=_ids([r.batch_index for r in reqs], device),
         draft_tokens=draft_ids.masked_fill(~mask, -1),
-        logits=logits.index_select(0, _ids(rows, device)).float().view(len(reqs), total + 1, -1),
+        greedy=logits is None,
+        target=target.view(len(reqs), total + 1) if logits is None else
+        target.float().view(len(reqs), total + 1, -1),
     )
 
 
@@ -91,25 +116,19 @@ def _ids(values: list[int], device: torch.device) -> torch.Tensor:
 
 
 def verify_batch(batch: TreeBatch, sampling_metadata: Any, options: NFoxHeadOptions,
-                 mask: Any = None) -> Acceptance:
-    """Run the acceptance rule on a gathered batch with each request's sampling settings."""
+                 mask: TopKTopP = top_k_top_p) -> Acceptance:
+    """Run the acceptance rule on a gathered batch with its requests' sampling settings."""
+    if batch.greedy:
+        return accept_greedy_ids(batch.buffers, batch.draft_tokens, batch.target)
     index = batch.batch_index
-    temperature = sampling_metadata.temperature
-    if sampling_metadata.all_greedy or temperature is None:
-        temperature = torch.zeros(index.shape[0], dtype=torch.float32, device=index.device)
-    else:
-        temperature = temperature.index_select(0, index)
     top_k, top_p = sampling_metadata.top_k, sampling_metadata.top_p
-    generators = [sampling_metadata.generators.get(int(i)) for i in
-                  (r.batch_index for r in batch.requests)]
-    extra = {"mask": mask} if mask is not None else {}
     return verify_trees(
-        batch.buffers, batch.draft_tokens, batch.logits, temperature,
+        batch.buffers, batch.draft_tokens, batch.target, sampling_metadata.temperature.index_select(0, index),
         top_k=None if top_k is None else top_k.index_select(0, index),
         top_p=None if top_p is None else top_p.index_select(0, index),
-        generators=generators, mode=options.acceptance,
-        posterior_threshold=options.posterior_threshold, posterior_alpha=options.posterior_alpha,
-        **extra)
+        generators=[sampling_metadata.generators.get(r.batch_index) for r in batch.requests],
+        mode=options.acceptance, posterior_threshold=options.posterior_threshold,
+        posterior_alpha=options.posterior_alpha, mask=mask)
 
 
 def vllm_top_k_top_p(logits: torch.Tensor, k: torch.Tensor | None, p: torch.Tensor | None) -> torch.Tensor:
@@ -134,7 +153,7 @@ class TreeRejectionSampler:
         step = current_step()
         if step is None or not step.requests:
             return self.inner(metadata, draft_probs, logits, sampling_metadata)
-        batches = [gather_batch(reqs, metadata, logits) for reqs in group_by_tree(step.requests)]
+        batches = gather_batches(step, metadata, logits, sampling_metadata)
         out = self.inner(metadata, draft_probs, logits, sampling_metadata)
         tokens = out.sampled_token_ids  # [B, max_spec + 1], -1 = rejected
         for batch in batches:
