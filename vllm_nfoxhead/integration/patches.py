@@ -143,6 +143,7 @@ def patch_model_runner() -> None:
     _wrap(GPUModelRunner, "propose_draft_token_ids", make_propose)
     _wrap(GPUModelRunner, "_prepare_inputs", make_prepare)
     patch_cpu_attention()
+    patch_cpu_expand()
     patch_triton_attention()
 
 
@@ -173,6 +174,49 @@ def patch_cpu_attention() -> None:
         return forward
 
     _wrap(CPUAttentionBackendImpl, "forward", make)
+
+
+def expand_batch_to_tokens(x: Any, cu_num_tokens: Any, num_tokens: int,
+                           replace_from: int = 0, replace_to: int = 0) -> Any:
+    """Per-request values x [B] repeated over each request's tokens -> [num_tokens],
+    values equal to `replace_from` replaced by `replace_to` (vLLM's semantics).
+
+    cu_num_tokens [B]: cumulative token counts. Plain torch, any device and dtype.
+    """
+    import torch
+
+    counts = torch.diff(cu_num_tokens.long(), prepend=cu_num_tokens.new_zeros(1).long())
+    expanded = x.repeat_interleave(counts, output_size=num_tokens)
+    if replace_from != replace_to:
+        expanded = expanded.masked_fill(expanded == replace_from, replace_to)
+    return expanded
+
+
+def patch_cpu_expand() -> None:
+    """Correct per-token sampling parameters for speculative sampling on vLLM's CPU build.
+
+    Wraps vllm.v1.sample.rejection_sampler.expand_batch_to_tokens (CPU only, 0.32
+    and 0.33): the CPU build replaces its Triton `expand_kernel` with a C++ stand-in
+    (vllm.utils.cpu_triton_utils._expand_kernel_impl) that converts the output
+    and input to int64 copies and never copies the result back, so the rejection
+    sampler divides by uninitialised temperatures and applies garbage top-k/top-p.
+    Chain drafts sampled at temperature 0.25 were then far from plain sampling
+    (chi-square p < 1e-200, tests/test_engine_sampling.py). Replaced by a torch
+    expansion; the rejection sampler looks the name up at call time.
+    """
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
+    from vllm.v1.sample import rejection_sampler
+
+    def make(orig: Callable[..., Any]) -> Callable[..., Any]:
+        def expand(x, cu_num_tokens, num_tokens, replace_from=0, replace_to=0):
+            return expand_batch_to_tokens(x, cu_num_tokens, num_tokens, replace_from, replace_to)
+
+        return expand
+
+    _wrap(rejection_sampler, "expand_batch_to_tokens", make)
 
 
 def patch_triton_attention() -> None:
