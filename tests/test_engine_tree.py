@@ -106,3 +106,15 @@ def test_tree_sampling_runs_seeded(tree_llm):
     assert all(len(o.outputs[0].token_ids) == 20 for o in outs)
     again = tree_llm.generate(PROMPTS[:8], params, use_tqdm=False)
     assert token_ids(outs) == token_ids(again)  # seeded requests are reproducible
+
+
+def test_tree_greedy_equal_with_min_tokens(tree_llm, plain_llm):
+    """min_tokens masks stop tokens through vLLM's logits processors, which the tree
+    walk does not apply: such requests must draft a chain while it is pending."""
+    probe = token_ids(plain_llm.generate(PROMPTS[:8], GREEDY, use_tqdm=False))
+    # Each prompt's own third answer token is a stop token, masked for 24 tokens.
+    params = [SamplingParams(temperature=0, max_tokens=32, stop_token_ids=[out[2]], min_tokens=24)
+              for out in probe]
+    want = token_ids(plain_llm.generate(PROMPTS[:8], params, use_tqdm=False))
+    assert all(w[:3] != p[:3] for w, p in zip(want, probe))  # the mask changed every answer
+    assert token_ids(tree_llm.generate(PROMPTS[:8], params, use_tqdm=False)) == want

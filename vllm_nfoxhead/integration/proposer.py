@@ -7,7 +7,8 @@ hands it the step's hidden states first, since vLLM's call does not.
 
 Drafts are a chain (top-1 of each head) or, with a tree configured, the tree's
 nodes in parent-first order; requests whose sampling needs a chain
-(penalties, logprobs, allowed/bad words, structured output) get a chain. A
+(penalties, logprobs, allowed/bad words, pending min_tokens, custom logits
+processors, structured output) get a chain. A
 request whose last tokens occurred before drafts the prompt-lookup continuation
 instead (lookup.py). How much to draft for the step's batch size comes from the
 load policy, corrected at run time by measured step times and acceptance
@@ -290,4 +291,29 @@ def tree_eligible(batch: Any, i: int) -> bool:
         and req_id not in batch.num_logprobs
         and req_id not in batch.has_allowed_token_ids
         and i not in batch.bad_words_token_ids
+        and not changed_by_logits_processors(batch.logitsprocs, i)
     )
+
+
+def changed_by_logits_processors(logitsprocs: Any, i: int) -> bool:
+    """Whether a logits processor edits request i's target distribution.
+
+    vLLM's rejection sampler applies them to chain targets; the tree walk reads
+    raw logits, so such requests draft a chain. vLLM refuses min-p and logit
+    bias with speculative decoding, and min-p never moves the argmax; min
+    tokens (stop tokens masked while pending) is read per request. A custom
+    processor may touch any request, so it sends every request to a chain.
+    """
+    from vllm.v1.sample.logits_processor.builtin import (
+        LogitBiasLogitsProcessor,
+        MinPLogitsProcessor,
+        MinTokensLogitsProcessor,
+    )
+
+    for proc in logitsprocs.all:
+        if isinstance(proc, MinTokensLogitsProcessor):
+            if i in proc.min_toks:
+                return True
+        elif not isinstance(proc, (LogitBiasLogitsProcessor, MinPLogitsProcessor)):
+            return True
+    return False
