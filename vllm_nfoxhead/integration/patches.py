@@ -48,6 +48,8 @@ def patch_engine_args() -> None:
     from vllm.engine.arg_utils import EngineArgs
 
     from .options import translate_engine_args, validate_for_target
+    from .parallel import check_pipeline_parallel
+    from vllm.platforms import current_platform
 
     # Wraps vllm.engine.arg_utils.EngineArgs.create_speculative_config: turn
     # `nfoxhead:DIR` into the custom_class proposer and check the heads against
@@ -56,6 +58,10 @@ def patch_engine_args() -> None:
         def create_speculative_config(self, target_model_config, target_parallel_config):
             if translate_engine_args(self):
                 check_supported_vllm()
+                check_pipeline_parallel(
+                    self, target_parallel_config.pipeline_parallel_size,
+                    str(target_parallel_config.distributed_executor_backend or ""), vllm_version(),
+                    on_cpu=current_platform.is_cpu())
                 validate_for_target(
                     self,
                     hidden_size=target_model_config.get_hidden_size(),
