@@ -11,8 +11,8 @@ import functools
 from typing import Any, Callable
 
 from ..errors import NFoxHeadError
+from .supported import SUPPORTED_VLLM, is_supported  # the one list of supported series
 
-SUPPORTED_VLLM = ("0.32", "0.33")
 _MARK = "_nfoxhead_wrapped"
 
 
@@ -25,7 +25,7 @@ def vllm_version() -> str:
 def check_supported_vllm() -> None:
     """Fail loudly on a vLLM whose internals these patches were not written for."""
     version = vllm_version()
-    if not any(version == v or version.startswith(v + ".") for v in SUPPORTED_VLLM):
+    if not is_supported(version):
         raise NFoxHeadError(
             f"vLLM {version} is not supported (supported: {', '.join(v + '.x' for v in SUPPORTED_VLLM)})",
             "install a supported vLLM, e.g. `pip install 'vllm-nfoxhead[cuda]'` or `[cpu]`",
