@@ -21,7 +21,7 @@ PROPOSER_PATH = "vllm_nfoxhead.integration.proposer.NFoxHeadProposer"
 ADDITIONAL_CONFIG_KEY = "nfoxhead"
 # Keys users may add to --speculative-config that vLLM itself does not know.
 PLUGIN_KEYS: tuple[str, ...] = ("tree", "acceptance", "posterior_threshold", "posterior_alpha",
-                                "load_policy", "cost_table", "lookup")
+                                "load_policy", "cost_table", "lookup", "rank_check_interval")
 ACCEPTANCE_MODES = ("exact", "typical")
 LOAD_POLICIES = ("auto", "static", "off")
 MAX_LOOKUP = 32
@@ -44,6 +44,9 @@ class NFoxHeadOptions:
     # occurred before (lookup.py); 0 = heads only. Set internally: the heads' chain length.
     lookup: int = DEFAULT_LOOKUP
     chain_tokens: int | None = None
+    # Under tensor parallelism: every this many steps the ranks compare a digest of
+    # their drafts and stop the engine on a mismatch (rank_sync.py); 0 = never.
+    rank_check_interval: int = 0
 
     @classmethod
     def from_additional_config(cls, additional_config: Any) -> "NFoxHeadOptions":
@@ -127,6 +130,10 @@ def validate_for_target(args: Any, hidden_size: int, vocab_size: int, base: str)
     if not isinstance(opts.lookup, int) or isinstance(opts.lookup, bool) or not 0 <= opts.lookup <= MAX_LOOKUP:
         raise NFoxHeadError(f"lookup must be an integer 0..{MAX_LOOKUP}, got {opts.lookup!r}",
                             f"use the most prompt-lookup tokens to draft per step (default {DEFAULT_LOOKUP}; 0 = off)")
+    if not isinstance(opts.rank_check_interval, int) or isinstance(opts.rank_check_interval, bool) \
+            or opts.rank_check_interval < 0:
+        raise NFoxHeadError(f"rank_check_interval must be a non-negative integer, got {opts.rank_check_interval!r}",
+                            "use the number of steps between tensor-parallel draft checks (0 = off)")
     config = validate_heads_dir(opts.heads_dir)
     check_base_compat(config, hidden_size, vocab_size, base)
     if opts.cost_table is not None:

@@ -28,12 +28,14 @@ from torch import nn
 
 from ..drafting import ChainDrafter
 from ..tree import Tree, TreeDrafter, parse_tree
+from ..errors import NFoxHeadError
 from ..format import validate_heads_dir
 from ..lookup import lookup_draft
 from ..dtype_choice import cpu_bf16_native
 from ..load_policy import DraftShape, LoadPolicy, cpu_defaults
 from ..rate_tuner import HEADS, LOOKUP, TREE, RateTuner
 from .options import NFoxHeadOptions, tree_backend_ok
+from .rank_sync import RankSync
 from .tree_step import current_step, set_current_step
 
 # A child of vLLM's own logger, so the lines appear wherever vLLM configures its logging.
@@ -48,7 +50,7 @@ class NFoxHeadProposer:
 
         spec = vllm_config.speculative_config
         self.options = NFoxHeadOptions.from_additional_config(vllm_config.additional_config)
-        self.heads_config = validate_heads_dir(self.options.heads_dir)
+        self.heads_config = readable_heads(self.options.heads_dir)
         self.max_model_len: int = vllm_config.model_config.max_model_len
         self.dtype: torch.dtype = vllm_config.model_config.dtype
         chain_tokens = self.options.chain_tokens or spec.num_speculative_tokens
@@ -65,6 +67,7 @@ class NFoxHeadProposer:
         self._last_step: tuple[int, DraftShape, tuple[str, ...], float] | None = None
         self._drafted: dict[str, tuple[str, int]] = {}  # req_id -> (source, tokens) of the last call
         self.heads: nn.Module | None = None
+        self.sync: RankSync | None = None  # the TP group, known once the model is loaded
         # Per step, set by the runner patch before `propose`.
         self._hidden: torch.Tensor | None = None  # [B, H]
         self._has_token: list[bool] = []
@@ -107,6 +110,7 @@ class NFoxHeadProposer:
         heads = VllmNFoxHeads(self.heads_config, target_model, self.dtype).to(device)
         heads.load_weights(self.options.heads_dir)
         self.heads = heads.eval()
+        self.sync = RankSync()
         logger.info(
             "NFoxHead: %d heads from %s (%s LM head), drafting %s",
             self.heads_config.num_heads, self.options.heads_dir,
@@ -161,13 +165,17 @@ class NFoxHeadProposer:
                 source, num = drafted[req_id]
                 self.tuner.record_request(shape, source, num, len(sampled_token_ids[i]) - 1)
         if all(self._has_token) and tuple(self._req_ids) == req_ids:
-            self.tuner.record_time(batch, shape, now - started)
+            self.tuner.record_time(batch, shape, self.sync.skew(now - started, shape.kind))
 
     def _plan(self) -> tuple[DraftShape | None, bool, int]:
-        """(shape, draft the tree?, chain length) for this step's batch; shape None: no policy."""
+        """(shape, draft the tree?, chain length) for this step's batch; shape None: no policy.
+
+        Decided on TP rank 0 and shared: the tuner learns from each rank's own
+        clock, and ranks that drafted different shapes would hang in collectives.
+        """
         batch = sum(self._has_token)
         chooser = self.tuner or self.policy
-        shape = chooser.choose(batch) if chooser else None
+        shape = self.sync.share(chooser.choose(batch) if chooser else None)
         if shape is not None:
             self._last_step = (batch, shape, tuple(self._req_ids), time.perf_counter())
         use_tree = self.tree is not None and any(self._wants_tree) and (shape is None or shape.kind == "tree")
@@ -220,6 +228,7 @@ class NFoxHeadProposer:
             if out[-1]:
                 source = LOOKUP if i in from_lookup else TREE if i in in_tree else HEADS
                 self._drafted[req_id] = (source, len(out[-1]))
+        self.sync.check_same(self.options.rank_check_interval, out, self.tree_of)
         return out
 
     def _draft_lookup(self, num_tokens: np.ndarray, token_ids: np.ndarray, cap: int) -> dict[int, list[int]]:
@@ -272,6 +281,20 @@ class NFoxHeadProposer:
 
             drafts.update(zip(rows, draft(step, first.index_select(0, index)).tolist()))
         return drafts
+
+
+def readable_heads(heads_dir: str) -> Any:
+    """The heads' config, read on this worker; the front end read it on its own machine,
+    so a failure here means this node lacks the directory."""
+    import socket
+
+    try:
+        return validate_heads_dir(heads_dir)
+    except NFoxHeadError as exc:
+        raise NFoxHeadError(
+            f"{exc.problem} (on worker host {socket.gethostname()})",
+            "the heads directory must be readable at the same path on every node of the engine: "
+            "copy it there or put it on a shared file system") from None
 
 
 def report_switch(old: DraftShape, new: DraftShape, message: str) -> None:
