@@ -1,0 +1,1 @@
+"""Maintenance commands (no vLLM import): python -m vllm_nfoxhead.tools.<name>."""
