@@ -5,8 +5,9 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
+API_CHECK_ARGS ?=
 
-.PHONY: install demo test clean
+.PHONY: install demo test api-check clean
 
 install: $(STAMP)
 
@@ -19,6 +20,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The plugin against the sources of every supported vLLM release (integration/supported.py),
+# read from their wheels (downloaded once into .cache/vllm-wheels/, no vLLM installed, no GPU).
+api-check: $(STAMP)
+	$(BIN)/python -m vllm_nfoxhead.tools.vllm_api_check $(API_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV)
