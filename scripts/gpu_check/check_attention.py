@@ -154,9 +154,9 @@ def mixed_batch(full: bool) -> list[tuple[str, int, int, str | None]]:
     """(kind, ctx, query rows, tree) per request of one step: trees (one of them only partly
     scheduled, two sharing a mask), a prefill chunk and a chain verification."""
     batch = [("tree", 17, 7, "wide_6"), ("prefill", 5, 20, None), ("tree", 40, 11, "mc_sim_16"),
-             ("chain", 25, 4, None), ("tree", 33, 7, "wide_6")]
+             ("chain", 25, 4, None), ("tree", 33, 7, "wide_6"), ("tree", 1000 if full else 50, 64, "mc_sim_7b_63")]
     if full:
-        batch += [("tree", 1000, 64, "mc_sim_7b_63"), ("tree", 130, 129, "built_128")]
+        batch.append(("tree", 130, 129, "built_128"))
     return batch
 
 

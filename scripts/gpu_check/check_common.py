@@ -65,10 +65,10 @@ FULL = Sizes(
 SMALL = Sizes(  # CPU, Triton interpreter: only the code paths, at sizes the interpreter runs in seconds
     device="cpu",
     attn_head_size=32,
-    attn_dtypes=("float32", "float16"),
-    attn_block_sizes=(16,),
+    attn_dtypes=("float32", "float16"),  # no bfloat16: the interpreter computes it on raw bits (garbage)
+    attn_block_sizes=(16, 32),
     attn_gqa=((4, 2), (3, 1)),
-    attn_trees=("wide_6", "mc_sim_16"),
+    attn_trees=("wide_6", "mc_sim_7b_63"),
     attn_contexts=(3, 21),
     mixed_dtypes=("float32",),
     vocab=500,
@@ -83,7 +83,7 @@ SMALL = Sizes(  # CPU, Triton interpreter: only the code paths, at sizes the int
     cost_repeats=1,
     cost_warmup=1,
     cost_dtype="float32",
-    cost_split_k=False,  # the interpreter runs the 16-segment split-K kernel ~10x slower than the 2D one
+    cost_split_k=True,
 )
 
 

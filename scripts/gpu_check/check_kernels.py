@@ -6,12 +6,14 @@
 * `load_unified_attention()`: the extracted kernel module. Under Triton's
   interpreter one helper is re-jitted first (see `_interpretable`).
 * `plugin_vllm_imports()`: the plugin's GPU functions import vLLM lazily,
-  inside their bodies (`from vllm.v1.attention.ops.triton_unified_attention
-  import unified_attention`, `from vllm.v1.kv_cache_interface import
-  is_quantized_kv_cache`). While this context is active exactly those two
-  imports resolve to the extracted kernel module and a stand-in, without
-  adding anything named vllm to sys.modules, so the plugin's own code runs
-  unchanged.
+  inside their bodies. While this context is active exactly these imports
+  resolve, without adding anything named vllm to sys.modules, so the plugin's
+  own code runs unchanged:
+    vllm.v1.attention.ops.triton_unified_attention  the extracted kernel module
+    vllm.v1.kv_cache_interface.is_quantized_kv_cache  "auto" = not quantized
+    vllm.platforms.current_platform.is_cpu()  False: the Triton backend's paths
+    vllm.v1.sample.ops.topk_topp_sampler.apply_top_k_top_p  the plugin's torch
+        top_k_top_p (tree_verify.py), documented as the same rule as vLLM's
 """
 
 from __future__ import annotations
@@ -124,10 +126,14 @@ def is_quantized_kv_cache(kv_cache_dtype: str) -> bool:
 @contextlib.contextmanager
 def plugin_vllm_imports() -> Iterator[None]:
     """Let the plugin's two lazy vLLM imports resolve to the extracted kernel (see module doc)."""
+    from vllm_nfoxhead.tree_verify import top_k_top_p
+
     unified = load_unified_attention()
     targets = {
         "vllm.v1.attention.ops.triton_unified_attention": unified,
         "vllm.v1.kv_cache_interface": SimpleNamespace(is_quantized_kv_cache=is_quantized_kv_cache),
+        "vllm.platforms": SimpleNamespace(current_platform=SimpleNamespace(is_cpu=lambda: False)),
+        "vllm.v1.sample.ops.topk_topp_sampler": SimpleNamespace(apply_top_k_top_p=top_k_top_p),
     }
     original = builtins.__import__
 

@@ -281,3 +281,117 @@ def check_heads(check: Check, sizes: Sizes) -> None:
             require(bool(torch.equal(drafted.cpu(), on_cpu)), "conditioned tree drafts differ from the CPU's")
     check.detail["max_abs_error"] = {k: round(v, 7) for k, v in worst.items()}
     check.detail["summary"] = f"hidden {hidden}, vocab {vocab}, worst " + ", ".join(f"{k} {v:.2g}" for k, v in worst.items())
+
+
+def check_sampler_step(check: Check, sizes: Sizes) -> None:
+    """The plugin's TreeRejectionSampler on the device, as vLLM's runner calls it: a step with greedy
+    and sampled tree requests (one tree only partly scheduled, two sharing a tree) and a chain request
+    left to vLLM's sampler, then KV compaction of the accepted paths. Greedy requests must emit exactly
+    the CPU reference's tokens, the chain row must stay vLLM's, the cache must equal a CPU compaction."""
+    from check_kernels import plugin_vllm_imports
+    from types import SimpleNamespace
+
+    from vllm_nfoxhead.integration.tree_sampler import TreeRejectionSampler
+    from vllm_nfoxhead.integration.tree_step import TreeRequest, TreeStep, set_current_step
+    from vllm_nfoxhead.kv_compaction import compaction_pairs
+
+    device, vocab = sizes.device, sizes.vocab
+    trees = {"A": tree_named("mc_sim_16"), "B": tree_named("wide_6")}
+    # (kind, tree, drafts scheduled, temperature): vLLM marks greedy requests with temperature < 1e-5
+    plan = [("tree", "A", 16, 0.0), ("chain", None, 3, 0.0), ("tree", "A", 10, 0.8), ("tree", "B", 6, -1.0),
+            ("tree", "A", 16, 0.9), ("tree", "A", 16, 0.0)]
+    counts = [n for _, _, n, _ in plan]
+    rows_of, drafts_of, refs = [], [], {}
+    for i, (kind, name, n, t) in enumerate(plan):
+        if kind == "tree":
+            buffers = trees[name].buffers("cpu")
+            drafts, logits, _ = peaked_case(buffers, 1, vocab, seed=70 + i)
+            drafts[:, n:] = -1  # nodes past n are not scheduled this step
+            rows_of.append(logits[0, : n + 1])
+            drafts_of.append(drafts[0, :n])
+            if t < 1e-5:
+                padded = torch.cat([logits[:, : n + 1], logits[:, n : n + 1].expand(-1, buffers.num_nodes - n, -1)], 1)
+                refs[i] = accept_greedy(buffers, drafts, padded)
+        else:
+            gen = torch.Generator().manual_seed(70 + i)
+            rows_of.append(torch.randn(n + 1, vocab, generator=gen))
+            drafts_of.append(torch.randint(0, vocab, (n,), generator=gen))
+    logits = torch.cat(rows_of).to(device)  # [sum(n+1), V]: per request its draft rows, then the bonus row
+    metadata = SimpleNamespace(num_draft_tokens=counts, draft_token_ids=torch.cat(drafts_of).to(device))
+    sampling = SimpleNamespace(
+        all_greedy=False, temperature=torch.tensor([t for *_, t in plan], device=device),
+        top_k=torch.tensor([vocab, vocab, 40, vocab, vocab, vocab], device=device),
+        top_p=torch.tensor([1.0, 1.0, 0.95, 1.0, 0.9, 1.0], device=device),
+        generators={2: torch.Generator(device=device).manual_seed(7)})
+    chain_tokens = torch.tensor([5, 6, 7, 8], device=device)
+
+    def vllm_sampler(meta, draft_probs, step_logits, sampling_metadata):  # vLLM's own result, stubbed
+        out = torch.full((len(plan), max(counts) + 1), -1, dtype=torch.int32, device=device)
+        out[1, :4] = chain_tokens.to(torch.int32)
+        return SimpleNamespace(sampled_token_ids=out)
+
+    # The step: query rows per request (root + scheduled nodes), slots in a paged cache.
+    h_kv, d, block = 2, 16, 16
+    ctxs = [20, 7, 33, 50, 3, 64]
+    table = torch.randperm(64, generator=torch.Generator().manual_seed(3))[:60].view(6, 10)
+    starts, slots = [0], []
+    for i, n in enumerate(counts):
+        pos = torch.arange(ctxs[i], ctxs[i] + n + 1)
+        slots.append(table[i][pos // block] * block + pos % block)
+        starts.append(starts[-1] + n + 1)
+    slot_mapping = torch.cat(slots).to(device)
+    requests = [TreeRequest(i, starts[i], ctxs[i], n, trees[name].buffers("cpu"), tree=trees[name])
+                for i, (kind, name, n, _) in enumerate(plan) if kind == "tree"]
+    step = TreeStep(requests, slot_mapping=slot_mapping)
+    cache_dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    kv_cache = torch.randn(64, block, h_kv, 2 * d, generator=torch.Generator().manual_seed(4)).to(cache_dtype)
+    kv_cache = kv_cache.to(device).transpose(1, 2)  # the Triton backend's logical view of an NHD cache
+    before = kv_cache.cpu().clone()
+    layer = SimpleNamespace()
+    step.layers[id(layer)] = (layer, SimpleNamespace(), kv_cache)
+
+    sampler = TreeRejectionSampler(vllm_sampler, SimpleNamespace(acceptance="exact", posterior_threshold=0.09,
+                                                                 posterior_alpha=0.3))
+    set_current_step(step)
+    try:
+        with plugin_vllm_imports():
+            out = sampler(metadata, None, logits, sampling)
+    finally:
+        set_current_step(None)
+    tokens = out.sampled_token_ids
+    require(tokens.device.type == torch.device(device).type, f"sampled tokens on {tokens.device}")
+    require(bool(torch.equal(tokens[1, :4].long(), chain_tokens)) and bool((tokens[1, 4:] == -1).all()),
+            "the chain request's row was changed")
+    for i, ref in refs.items():
+        want = torch.full((tokens.shape[1],), -1, dtype=torch.long)
+        want[: ref.tokens.shape[1]] = ref.tokens[0]
+        require(bool(torch.equal(tokens[i].long().cpu(), want)),
+                f"greedy request {i}: emitted {tokens[i].tolist()}, CPU reference {want.tolist()}")
+    by_index = {r.batch_index: r for r in requests}
+    for i, ref in refs.items():
+        require(by_index[i].accepted == [int(x) for x in ref.accepted_nodes[0] if x >= 0],
+                f"request {i}: accepted {by_index[i].accepted}")
+    for req in requests:  # sampled requests: the emitted drafts are the accepted nodes' tokens
+        i = req.batch_index
+        emitted = tokens[i].long().cpu()
+        num = len(req.accepted)
+        require(bool(torch.equal(emitted[:num], drafts_of[i][req.accepted])) and int(emitted[num]) >= 0
+                and bool((emitted[num + 1 :] == -1).all()), f"request {i}: tokens {emitted.tolist()} do not "
+                                                           f"match its accepted nodes {req.accepted}")
+    # KV compaction, recomputed on the CPU from the same accepted paths.
+    want = before.transpose(1, 2).reshape(-1, h_kv, 2 * d).clone()
+    flat_before = want.clone()
+    moved = 0
+    for req in requests:
+        if req.accepted:
+            src, dst = compaction_pairs(slot_mapping.cpu()[req.start + 1 : req.start + req.num_rows][None],
+                                        torch.tensor([req.accepted]))
+            want[dst] = flat_before[src]
+            moved += int(src.numel())
+    got = kv_cache.transpose(1, 2).reshape(-1, h_kv, 2 * d).cpu()
+    require(moved > 0, "no accepted node needed moving: the case does not exercise compaction")
+    require(bool(torch.equal(got, want)), "KV cache after compaction differs from the CPU reference")
+    check.detail["accepted"] = {r.batch_index: r.accepted for r in requests}
+    check.detail["summary"] = ("accepted nodes per tree request " +
+                               ", ".join(f"{r.batch_index}:{len(r.accepted)}" for r in requests) +
+                               f"; {moved} KV slots moved")

@@ -18,6 +18,7 @@ prints one PASS/FAIL line per check; exits 1 if any check failed (2: could not s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -35,14 +36,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="results folder (default: $OUT, else ./gpu-check-out)")
     p.add_argument("--only", nargs="+", metavar="PREFIX", help="run only checks whose name starts with one of these")
     p.add_argument("--skip-cost", action="store_true", help="do not measure the cost table")
+    p.add_argument("--compile-only", action="store_true",
+                   help="no GPU needed: compile every kernel variant of the GPU run for --arch with this "
+                        "machine's Triton, run nothing (with --small: the bf16, block-16 variants only)")
+    p.add_argument("--arch", type=int, default=90, help="CUDA arch for --compile-only (default %(default)s: H100/H200)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.interpret and args.compile_only:
+        print("FAIL setup: --compile-only needs compiled Triton, not --interpret", flush=True)
+        return 2
     if args.interpret:
         os.environ["TRITON_INTERPRET"] = "1"  # before triton is first imported (torch does not import it)
         args.small = True
+    elif args.compile_only:
+        os.environ.pop("TRITON_INTERPRET", None)
     sys.path[:0] = [str(HERE), str(REPO)]  # vllm_kernels + check modules, then the plugin (not installed there)
     from check_kernels import block_vllm
 
@@ -51,29 +61,43 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     _stub_safetensors_if_missing()
+    from dataclasses import replace
+
     from check_common import FULL, SMALL, Results
 
     sizes = SMALL if args.small else FULL
     if args.interpret:
         sizes = SMALL
+    elif args.compile_only:
+        sizes = replace(FULL, device="cpu")
+        if args.small:
+            sizes = replace(sizes, attn_dtypes=("bfloat16",), attn_block_sizes=(16,), mixed_dtypes=("bfloat16",))
     elif not torch.cuda.is_available():
         print("FAIL setup: no CUDA device; run with --interpret for the CPU check", flush=True)
         return 2
     elif args.small:
-        sizes = SMALL.__class__(**{**SMALL.__dict__, "device": "cuda"})
+        sizes = replace(SMALL, device="cuda")
     out_dir = args.out or Path(os.environ.get("OUT") or "gpu-check-out")
     out_dir.mkdir(parents=True, exist_ok=True)
     env = environment(sizes)
-    print(f"gpu check: {env['device_name']}, torch {env['torch']}, triton {env['triton']}, "
-          f"{'interpreter' if args.interpret else 'compiled'}, {'small' if args.small else 'full'} sizes -> {out_dir}",
-          flush=True)
+    how = "interpreter" if args.interpret else f"compile only, sm_{args.arch}" if args.compile_only else "compiled"
+    print(f"gpu check: {env['device_name']}, torch {env['torch']}, triton {env['triton']}, {how}, "
+          f"{'small' if args.small else 'full'} sizes -> {out_dir}", flush=True)
 
     results = Results()
-    for name, fn in plan(sizes, out_dir, args.skip_cost):
-        if args.only and not any(name.startswith(p) for p in args.only):
-            continue
-        results.run(name, fn)
-        write_report(out_dir, env, results, time.time() - started, args, complete=False)  # partial results survive a timeout
+    with contextlib.ExitStack() as stack:
+        if args.compile_only:
+            import check_compile
+
+            compiled = stack.enter_context(check_compile.compile_launches(args.arch))
+            checks = check_compile.compile_plan(sizes, compiled)
+        else:
+            checks = plan(sizes, out_dir, args.skip_cost)
+        for name, fn in checks:
+            if args.only and not any(name.startswith(p) for p in args.only):
+                continue
+            results.run(name, fn)
+            write_report(out_dir, env, results, time.time() - started, args, complete=False)  # survives a timeout
 
     from check_kernels import vllm_modules_loaded
 
@@ -114,6 +138,7 @@ def plan(sizes, out_dir: Path, skip_cost: bool) -> list:
         ("verify_trees[typical]", lambda c: smp.check_typical(c, sizes)),
         ("verify_trees[generators]", lambda c: smp.check_generators(c, sizes)),
         ("verify_trees[sampling distribution]", lambda c: smp.check_sampling_distribution(c, sizes)),
+        ("tree_sampler_step", lambda c: smp.check_sampler_step(c, sizes)),
         ("heads", lambda c: smp.check_heads(c, sizes)),
     ]
     if not skip_cost:
@@ -172,7 +197,8 @@ def write_report(out_dir: Path, env: dict, results, seconds: float, args, comple
     import json
     from dataclasses import asdict
 
-    report = {"ok": results.ok and complete, "complete": complete, "seconds": round(seconds, 1), "mode": "small" if args.small else "full",
+    report = {"ok": results.ok and complete, "complete": complete, "seconds": round(seconds, 1),
+              "mode": ("compile-only " if args.compile_only else "") + ("small" if args.small else "full"),
               "environment": env, "checks": [asdict(c) for c in results.checks]}
     cost = next((c for c in results.checks if c.name == "cost_table" and "cost_table" in c.detail), None)
     report["cost_table"] = cost.detail["cost_table"] if cost else None
