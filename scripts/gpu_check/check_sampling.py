@@ -12,6 +12,7 @@ and GPU softmax round differently; a decision near a threshold could flip).
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -254,7 +255,7 @@ def check_heads(check: Check, sizes: Sizes) -> None:
         config = HeadsConfig(num_heads=3, num_layers=layers, hidden_size=hidden, vocab_size=vocab,
                              shared_lm_head=shared, conditioning=conditioning)
         cpu_heads = _random_heads(config, seed=62)
-        dev_heads = _random_heads(config, seed=62).to(device)
+        dev_heads = copy.deepcopy(cpu_heads).to(device)
         ctx_tokens = torch.randint(0, vocab, (tokens, 3), generator=gen)
         context = embed[ctx_tokens] if conditioning == "tokens" else None
         lm = base_lm_head if shared else None

@@ -21,7 +21,9 @@ import argparse
 import contextlib
 import os
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -54,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.compile_only:
         os.environ.pop("TRITON_INTERPRET", None)
     sys.path[:0] = [str(HERE), str(REPO)]  # vllm_kernels + check modules, then the plugin (not installed there)
+    # vLLM's load_qq_bias_tile writes `a and b` on blocks; compiled Triton evaluates it elementwise (what the
+    # kernel needs, and what the attention checks verify) but warns at every compile.
+    warnings.filterwarnings("ignore", message="Logical operators 'and' and 'or' are deprecated")
+    if "TRITON_CACHE_DIR" not in os.environ and not os.access(Path.home(), os.W_OK):
+        os.environ["TRITON_CACHE_DIR"] = str(Path(tempfile.gettempdir()) / "gpu_check_triton_cache")
     from check_kernels import block_vllm
 
     block_vllm()
