@@ -35,6 +35,24 @@ def _load_projection(head: nn.Module, weight: torch.Tensor) -> None:
     head.quant_method.process_weights_after_loading(head)
 
 
+def vocab_rows(lm_head: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """Rows `ids` [V'] (global token ids) of a vocab-parallel LM head -> [V', H] on every rank.
+
+    Under tensor parallelism each rank holds rows org_vocab_start..end of the
+    vocabulary; each fills the requested rows it holds, zeros elsewhere, and an
+    all-reduce over the TP group assembles them (V' x H moved, never the whole
+    head). Without TP this is a plain index_select.
+    """
+    from vllm.distributed import tensor_model_parallel_all_reduce
+
+    weight = lm_head.weight  # [V/tp (padded), H]
+    shard = lm_head.shard_indices
+    local = (ids >= shard.org_vocab_start_index) & (ids < shard.org_vocab_end_index)  # [V']
+    rows = torch.zeros(ids.shape[0], weight.shape[1], dtype=weight.dtype, device=weight.device)
+    rows[local] = weight.index_select(0, ids[local] - shard.org_vocab_start_index)
+    return tensor_model_parallel_all_reduce(rows)
+
+
 class VllmNFoxHeads(nn.Module):
     """Heads next to a loaded vLLM target model (same device and dtype)."""
 
@@ -81,9 +99,9 @@ class VllmNFoxHeads(nn.Module):
         ids = tensors[DRAFT_VOCAB_KEY].to(device)
         self.draft_vocab = ids
         for k, draft in enumerate(self.draft_heads):
-            full = (self.target_model[0].lm_head.weight if self.lm_heads is None
-                    else tensors[head_key(k, None, "weight")].to(device))
-            _load_projection(draft, full.index_select(0, ids))  # [V', H]
+            rows = (vocab_rows(self.target_model[0].lm_head, ids) if self.lm_heads is None
+                    else tensors[head_key(k, None, "weight")].to(device).index_select(0, ids))
+            _load_projection(draft, rows)  # [V', H]
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor, num_heads: int) -> torch.Tensor:
