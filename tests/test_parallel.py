@@ -59,3 +59,10 @@ def test_single_stage_is_left_alone():
     args = translated(tree=[[0], [1]], tokens=2)
     check_pipeline_parallel(args, 1, "ray", "0.32.0", on_cpu=True)
     assert args.additional_config["nfoxhead"]["tree"] == [[0], [1]]
+
+
+def test_a_worker_without_the_heads_says_every_node_needs_them(tmp_path):
+    from vllm_nfoxhead.integration.proposer import readable_heads
+
+    with pytest.raises(NFoxHeadError, match="does not exist .*on worker host .*every node"):
+        readable_heads(str(tmp_path / "missing"))
