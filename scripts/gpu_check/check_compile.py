@@ -98,7 +98,8 @@ def _call(unified, dtype: torch.dtype, block: int, h_q: int, h_kv: int, d: int, 
     if split_k:
         segments = 16
         extra = dict(seq_threshold_3D=128 // h_kv, num_par_softmax_segments=segments,
-                     softmax_segm_output=torch.empty(128, h_q, segments, d), softmax_segm_max=torch.empty(128, h_q, segments),
+                     softmax_segm_output=torch.empty(128, h_q, segments, d),
+                     softmax_segm_max=torch.empty(128, h_q, segments),
                      softmax_segm_expsum=torch.empty(128, h_q, segments))
     unified.unified_attention(
         q=q, k=key_cache, v=value_cache, out=torch.empty_like(q),
@@ -127,7 +128,8 @@ def variants(sizes: Sizes) -> list[tuple[str, dict]]:
         out.append((f"compile[{dtype},block={block},heads={h_q}/{h_kv},D={d},causal]",
                     dict(dtype=dtype, block=block, h_q=h_q, h_kv=h_kv, d=d, rows=20, seqs=5, bias=None, split_k=False)))
     cm = sizes.cost_model  # the cost table's model: split-K for <= 8 rows (one request), 2D above, tree bias
-    common = dict(dtype=sizes.cost_dtype, block=cm["block_size"], h_q=cm["heads"], h_kv=cm["kv_heads"], d=cm["head_dim"])
+    common = dict(dtype=sizes.cost_dtype, block=cm["block_size"], h_q=cm["heads"], h_kv=cm["kv_heads"],
+                  d=cm["head_dim"])
     out.append((f"compile[cost model,{sizes.cost_dtype},split-K decode]", dict(common, rows=1, seqs=1, bias=None,
                                                                               split_k=True)))
     out.append((f"compile[cost model,{sizes.cost_dtype},causal 2D]", dict(common, rows=33, seqs=1, bias=None,

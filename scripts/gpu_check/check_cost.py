@@ -52,9 +52,11 @@ class Decoder:
             return torch.empty(shape, dtype=dtype, device=device).normal_(0, 0.02, generator=gen)
 
         self.embed, self.lm_head = w(v, h), w(v, h)
+        def ones() -> torch.Tensor:
+            return torch.ones(h, dtype=dtype, device=device)
+
         self.layers = [dict(qkv=w((hq + 2 * hkv) * d, h), o=w(h, hq * d), gate_up=w(2 * inter, h), down=w(h, inter),
-                            ln1=torch.ones(h, dtype=dtype, device=device), ln2=torch.ones(h, dtype=dtype, device=device))
-                       for _ in range(cfg["layers"])]
+                            ln1=ones(), ln2=ones()) for _ in range(cfg["layers"])]
         self.norm = torch.ones(h, dtype=dtype, device=device)
         self.scale = d ** -0.5
         block = cfg["block_size"]
@@ -248,13 +250,39 @@ def measure(sizes: Sizes, graphs: bool, split_k: bool) -> dict[int, float]:
                     split_k=split_k)
     model.prepare()
     times = {}
-    with plugin_vllm_imports():
+    with plugin_vllm_imports(), _grouping_without_numpy():
         for n in (0, *sizes.cost_sizes):
             runner = Runner(model, n, graphs)
             times[n] = median_ms(runner.step, sizes.cost_repeats, cuda, sizes.cost_warmup)
             require(bool(torch.isfinite(runner.buf.logits).all()), f"n={n}: non-finite logits")
             del runner
     return times
+
+
+@contextlib.contextmanager
+def _grouping_without_numpy():
+    """The plugin's group_by_mask keys masks by Tensor.numpy() bytes; vLLM always brings numpy, the GPU
+    machine might not. Then (only then) group by the mask's values as a tuple: same groups."""
+    try:
+        import numpy  # noqa: F401
+    except ImportError:
+        from vllm_nfoxhead.integration import triton_tree_attention as tta
+
+        original = tta.group_by_mask
+
+        def group_by_mask(requests):
+            groups = {}
+            for req in requests:
+                groups.setdefault((req.num_rows, tuple(req.mask.flatten().tolist())), []).append(req)
+            return list(groups.values())
+
+        tta.group_by_mask = group_by_mask
+        try:
+            yield
+        finally:
+            tta.group_by_mask = original
+        return
+    yield
 
 
 def sampler_ms(sizes: Sizes) -> dict[str, dict[int, float]]:
@@ -308,7 +336,8 @@ def check_cost_table(check: Check, sizes: Sizes, out_dir: Path) -> None:
     check.detail["tree_builder"] = builder_choice(path)
     require(all(c > 0 for c in table.values()), "non-positive cost")
     chosen = check.detail["tree_builder"]
-    check.detail["summary"] = (f"{mode}{' (after a fallback, see report)' if errors else ''}; plain step {base:.3g} ms; cost " +
+    check.detail["summary"] = (f"{mode}{' (after a fallback, see report)' if errors else ''}; "
+                               f"plain step {base:.3g} ms; cost " +
                                " ".join(f"{n}:{c:.2f}" for n, c in table.items()) +
                                f"; tree_builder picks {chosen.get('nodes')} nodes")
 

@@ -28,7 +28,8 @@ from vllm_nfoxhead.tree_verify import verify_trees
 FIELDS = ("accepted_nodes", "num_accepted", "bonus_token", "last_row", "tokens")
 
 
-def peaked_case(buffers: TreeBuffers, batch: int, vocab: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+def peaked_case(buffers: TreeBuffers, batch: int, vocab: int,
+                seed: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """(drafts [B, N] int64, logits [B, N+1, V] float32, constructed accept depth per request), on CPU.
 
     Row r's hot token gets +ln(V)+5 over N(0,1) noise (p(hot) > 0.9 at T <= 1). Request b follows a
@@ -223,7 +224,8 @@ def check_sampling_distribution(check: Check, sizes: Sizes) -> None:
         require(min(p_first, p_second) > 1e-4, f"{label}: emitted tokens do not follow the target "
                                                f"(chi-square p = {p_first:.2g}, {p_second:.2g})")
         results[label] = {"p_first": round(p_first, 4), "p_second": round(p_second, 4),
-                          "entered_node": int(entered.sum()), "mean_tokens": round(float(out.num_accepted.double().mean()) + 1, 3)}
+                          "entered_node": int(entered.sum()),
+                          "mean_tokens": round(float(out.num_accepted.double().mean()) + 1, 3)}
     check.detail["results"] = results
     check.detail["summary"] = "; ".join(f"{k}: p={v['p_first']}, {v['p_second']}" for k, v in results.items())
 
@@ -281,7 +283,8 @@ def check_heads(check: Check, sizes: Sizes) -> None:
             on_cpu = drafter.draft_conditioned(lambda d, r, c: step(d, r, c).cpu(), first)
             require(bool(torch.equal(drafted.cpu(), on_cpu)), "conditioned tree drafts differ from the CPU's")
     check.detail["max_abs_error"] = {k: round(v, 7) for k, v in worst.items()}
-    check.detail["summary"] = f"hidden {hidden}, vocab {vocab}, worst " + ", ".join(f"{k} {v:.2g}" for k, v in worst.items())
+    check.detail["summary"] = f"hidden {hidden}, vocab {vocab}, worst " + ", ".join(
+        f"{k} {v:.2g}" for k, v in worst.items())
 
 
 def check_sampler_step(check: Check, sizes: Sizes) -> None:

@@ -138,7 +138,8 @@ def plan(sizes, out_dir: Path, skip_cost: bool) -> list:
                 checks.append((name, lambda c, d=dtype, b=block, q=h_q, k=h_kv, s=seed:
                                att.check_attention_case(c, sizes, d, b, q, k, s)))
     for dtype in sizes.mixed_dtypes:
-        checks.append((f"fix_tree_rows_triton[{dtype},mixed batch]", lambda c, d=dtype: att.check_mixed_batch(c, sizes, d)))
+        checks.append((f"fix_tree_rows_triton[{dtype},mixed batch]",
+                       lambda c, d=dtype: att.check_mixed_batch(c, sizes, d)))
     checks += [
         ("kv_compaction", lambda c: att.check_compaction(c, sizes)),
         ("verify_trees[greedy]", lambda c: smp.check_greedy(c, sizes)),
