@@ -23,6 +23,20 @@ def tiny_assets(tmp_path_factory) -> tuple[Path, Path]:
     return build_tiny_assets(tmp_path_factory.mktemp("tiny") / "assets")
 
 
+@pytest.fixture(scope="session")
+def policy_heads(tiny_assets, tmp_path_factory) -> Path:
+    """The tiny heads with per-rank accuracies, so the load policy (and its tuner) run."""
+    import json
+    import shutil
+
+    heads = tmp_path_factory.mktemp("policy") / "heads"
+    shutil.copytree(tiny_assets[1], heads)
+    config = json.loads((heads / "config.json").read_text())
+    config.setdefault("extra", {})["rank_accuracy"] = [[0.8, 0.1], [0.7, 0.1], [0.6, 0.1], [0.5, 0.1]]
+    (heads / "config.json").write_text(json.dumps(config))
+    return heads
+
+
 def make_llm(model: Path, heads: Path | None = None, **overrides):
     """A real vLLM engine in float32 (the greedy-equality oracle needs exact math)."""
     from vllm import LLM

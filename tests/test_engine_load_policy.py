@@ -4,9 +4,6 @@ plain decoding's either way."""
 
 from __future__ import annotations
 
-import json
-import shutil
-
 import pytest
 from vllm import SamplingParams
 
@@ -24,14 +21,9 @@ GREEDY = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
 
 
 @pytest.fixture(scope="module")
-def policy_llm(tiny_assets, tmp_path_factory):
-    heads = tmp_path_factory.mktemp("policy") / "heads"
-    shutil.copytree(tiny_assets[1], heads)
-    config = json.loads((heads / "config.json").read_text())
-    config.setdefault("extra", {})["rank_accuracy"] = [[0.8, 0.1], [0.7, 0.1], [0.6, 0.1], [0.5, 0.1]]
-    (heads / "config.json").write_text(json.dumps(config))
+def policy_llm(tiny_assets, policy_heads):
     llm = make_llm(tiny_assets[0], speculative_config={
-        "model": f"nfoxhead:{heads}", "tree": TREE, "cost_table": COST,
+        "model": f"nfoxhead:{policy_heads}", "tree": TREE, "cost_table": COST,
         "load_policy": "static", "lookup": 0})  # the plan itself; "auto" would also probe neighbouring shapes
     yield llm
     llm.llm_engine.engine_core.shutdown()
