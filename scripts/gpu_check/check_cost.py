@@ -51,10 +51,10 @@ class Decoder:
         def w(*shape: int) -> torch.Tensor:
             return torch.empty(shape, dtype=dtype, device=device).normal_(0, 0.02, generator=gen)
 
-        self.embed, self.lm_head = w(v, h), w(v, h)
         def ones() -> torch.Tensor:
             return torch.ones(h, dtype=dtype, device=device)
 
+        self.embed, self.lm_head = w(v, h), w(v, h)
         self.layers = [dict(qkv=w((hq + 2 * hkv) * d, h), o=w(h, hq * d), gate_up=w(2 * inter, h), down=w(h, inter),
                             ln1=ones(), ln2=ones()) for _ in range(cfg["layers"])]
         self.norm = torch.ones(h, dtype=dtype, device=device)
@@ -243,20 +243,34 @@ def median_ms(fn, repeats: int, cuda: bool, warmup: int = 2) -> float:
 
 
 @torch.inference_mode()
-def measure(sizes: Sizes, graphs: bool, split_k: bool) -> dict[int, float]:
-    """{n: median ms of one step scoring n+1 tokens}, n = 0 (plain decoding) and sizes.cost_sizes."""
+def measure(sizes: Sizes, graphs: bool, split_k: bool) -> tuple[dict[int, float], dict]:
+    """{n: median ms of one step scoring n+1 tokens}, n = 0 (plain decoding) and sizes.cost_sizes,
+    and extras: with graphs, the plain step as ONE full CUDA graph (attention inside, as vLLM's default
+    FULL_AND_PIECEWISE mode runs plain decoding; the plugin's tree steps need PIECEWISE)."""
     cuda = sizes.device == "cuda"
     model = Decoder(sizes.cost_model, dtype_of(sizes.cost_dtype), sizes.device, max(sizes.cost_sizes) + 1,
                     split_k=split_k)
     model.prepare()
-    times = {}
+    times, extra = {}, {}
     with plugin_vllm_imports(), _grouping_without_numpy():
         for n in (0, *sizes.cost_sizes):
             runner = Runner(model, n, graphs)
             times[n] = median_ms(runner.step, sizes.cost_repeats, cuda, sizes.cost_warmup)
             require(bool(torch.isfinite(runner.buf.logits).all()), f"n={n}: non-finite logits")
             del runner
-    return times
+        if graphs:
+            try:
+                runner = Runner(model, 0, graphs=False)
+                runner.step()
+                torch.cuda.synchronize()
+                whole = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(whole):
+                    runner.step()
+                extra["plain_step_full_graph_ms"] = round(median_ms(whole.replay, sizes.cost_repeats, cuda), 4)
+                del whole, runner
+            except Exception as exc:  # noqa: BLE001 - an extra; the table does not depend on it
+                extra["plain_step_full_graph_error"] = repr(exc)[:300]
+    return times, extra
 
 
 @contextlib.contextmanager
@@ -313,7 +327,7 @@ def check_cost_table(check: Check, sizes: Sizes, out_dir: Path) -> None:
     errors = {}
     for mode, graphs, split_k in attempts:  # one-shot run: fall back rather than lose the table
         try:
-            times = measure(sizes, graphs, split_k)
+            times, extra = measure(sizes, graphs, split_k)
             break
         except Exception as exc:  # noqa: BLE001 - recorded in the report
             errors[mode] = repr(exc)[:800]
@@ -324,6 +338,7 @@ def check_cost_table(check: Check, sizes: Sizes, out_dir: Path) -> None:
         raise RuntimeError(f"every way of measuring failed: {errors}")
     if errors:
         check.detail["fallback_errors"] = errors
+    check.detail.update(extra)
     base = times[0]
     table = {str(n): round(times[n] / base, 4) for n in sizes.cost_sizes}
     path = out_dir / "cost_table.json"
@@ -339,7 +354,9 @@ def check_cost_table(check: Check, sizes: Sizes, out_dir: Path) -> None:
     check.detail["summary"] = (f"{mode}{' (after a fallback, see report)' if errors else ''}; "
                                f"plain step {base:.3g} ms; cost " +
                                " ".join(f"{n}:{c:.2f}" for n, c in table.items()) +
-                               f"; tree_builder picks {chosen.get('nodes')} nodes")
+                               f"; tree_builder picks {chosen.get('nodes')} nodes" +
+                               (f"; plain step as one full graph {extra['plain_step_full_graph_ms']:.3g} ms"
+                                if "plain_step_full_graph_ms" in extra else ""))
 
 
 def builder_choice(cost_path: Path) -> dict:
