@@ -6,7 +6,7 @@ numpy on CPU tensors. vLLM's CPU build replaces `triton` with a placeholder in
 `vllm.triton_utils` (its CPU backend has no Triton driver), so the kernel
 modules are re-imported against the real `triton` first (see `triton_ops`),
 and one helper is re-jitted where the interpreter's meaning of `and` differs
-from compiled Triton's (see `_interpretable`).
+from compiled Triton's (see vllm_nfoxhead/triton_interpret.py).
 
 Shapes stay tiny (head size 32, block size 16): the interpreter is slow.
 """
@@ -17,13 +17,9 @@ import os
 
 os.environ["TRITON_INTERPRET"] = "1"  # before triton or vLLM's Triton ops are imported
 
-import ast
 import importlib
-import inspect
 import sys
-import textwrap
 from types import ModuleType, SimpleNamespace
-from typing import Any
 
 import pytest
 import torch
@@ -36,6 +32,7 @@ from vllm_nfoxhead.integration.triton_tree_attention import (
 from vllm_nfoxhead.integration.tree_step import TreeRequest, TreeStep
 from vllm_nfoxhead.kv_compaction import compaction_pairs
 from vllm_nfoxhead.tree import TreeBuffers, parse_tree
+from vllm_nfoxhead.triton_interpret import interpretable
 
 H_Q, H_KV, D, BLOCK = 4, 2, 32, 16  # GQA: 2 query heads per KV head
 SCALE = D ** -0.5
@@ -50,49 +47,6 @@ _KERNEL_MODULES = (
 )
 
 
-class _AndToBitAnd(ast.NodeTransformer):
-    """`a and b` -> `a & b`: what compiled Triton does with block operands (logical_and)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def visit_BoolOp(self, node: ast.BoolOp) -> ast.AST:
-        self.generic_visit(node)
-        if not isinstance(node.op, ast.And):
-            return node
-        self.count += 1
-        expr = node.values[0]
-        for value in node.values[1:]:
-            expr = ast.BinOp(left=expr, op=ast.BitAnd(), right=value)
-        return ast.copy_location(expr, node)
-
-
-def _interpretable(jit_fn: Any) -> Any:
-    """vLLM's @triton.jit helper re-jitted with `and` between blocks written as `&`.
-
-    Compiled Triton lowers `x and y` on block tensors to an elementwise
-    logical_and (triton/compiler/code_generator.py, visit_BoolOp ->
-    _apply_boolean_values), but the interpreter evaluates Python's `and`, and
-    its tensors are always truthy (interpreter.py `_get_bool`), so `x and y`
-    there is just `y`. vLLM 0.32's `load_qq_bias_tile` relies on the compiled
-    meaning (`key_rel_pos >= 0 and key_rel_pos < qq_bias_stride_0`); without
-    this rewrite the interpreter would bias prefix keys with out-of-range
-    reads. Nothing else of the function changes.
-    """
-    fn = jit_fn.fn
-    tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
-    tree.body[0].decorator_list = []
-    rewriter = _AndToBitAnd()
-    tree = ast.fix_missing_locations(rewriter.visit(tree))
-    if rewriter.count != 1:
-        raise RuntimeError(f"{fn.__name__} changed: expected one `and`, found {rewriter.count}")
-    namespace: dict[str, Any] = {}
-    exec(compile(tree, f"<{fn.__name__} with and -> &>", "exec"), fn.__globals__, namespace)
-    import triton
-
-    return triton.jit(namespace[fn.__name__])
-
-
 def _load_interpreted() -> dict[str, ModuleType]:
     """Import (or re-import) vLLM's Triton kernel modules against the real, interpreted triton."""
     import triton
@@ -105,7 +59,7 @@ def _load_interpreted() -> dict[str, ModuleType]:
         module = sys.modules.get(name)
         modules[name] = importlib.reload(module) if module is not None else importlib.import_module(name)
     helpers = modules["vllm.v1.attention.ops.triton_attention_helpers"]
-    load_bias = _interpretable(helpers.load_qq_bias_tile)
+    load_bias = interpretable(helpers.load_qq_bias_tile)
     for name in ("vllm.v1.attention.ops.triton_attention_helpers",
                  "vllm.v1.attention.ops.triton_unified_attention"):
         modules[name].load_qq_bias_tile = load_bias  # the kernel looks the name up at run time

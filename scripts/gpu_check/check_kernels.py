@@ -4,7 +4,7 @@
   check can never run the installed vLLM's code by accident (on the GPU
   machine there is none; in CI the CPU build is installed).
 * `load_unified_attention()`: the extracted kernel module. Under Triton's
-  interpreter one helper is re-jitted first (see `_interpretable`).
+  interpreter one helper is re-jitted first (see vllm_nfoxhead/triton_interpret.py).
 * `plugin_vllm_imports()`: the plugin's GPU functions import vLLM lazily,
   inside their bodies. While this context is active exactly these imports
   resolve, without adding anything named vllm to sys.modules, so the plugin's
@@ -18,14 +18,11 @@
 
 from __future__ import annotations
 
-import ast
 import builtins
 import contextlib
 import importlib.abc
-import inspect
 import os
 import sys
-import textwrap
 from collections.abc import Iterator
 from types import ModuleType, SimpleNamespace
 from typing import Any
@@ -53,47 +50,6 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-class _AndToBitAnd(ast.NodeTransformer):
-    """`a and b` -> `a & b`: what compiled Triton does with block operands (logical_and)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def visit_BoolOp(self, node: ast.BoolOp) -> ast.AST:
-        self.generic_visit(node)
-        if not isinstance(node.op, ast.And):
-            return node
-        self.count += 1
-        expr = node.values[0]
-        for value in node.values[1:]:
-            expr = ast.BinOp(left=expr, op=ast.BitAnd(), right=value)
-        return ast.copy_location(expr, node)
-
-
-def _interpretable(jit_fn: Any) -> Any:
-    """`load_qq_bias_tile` re-jitted with its one `and` between blocks written as `&`.
-
-    Interpreter only. Compiled Triton lowers `x and y` on block tensors to an
-    elementwise logical_and, but the interpreter evaluates Python's `and`, and
-    its tensors are always truthy, so there `x and y` is just `y`: the helper
-    (`key_rel_pos >= 0 and key_rel_pos < qq_bias_stride_0`) would bias prefix
-    keys with out-of-range reads. On a GPU the extracted file runs unchanged.
-    Same rewrite as tests/triton_interpret_cases.py does for vLLM 0.32.
-    """
-    import triton
-
-    fn = jit_fn.fn
-    tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
-    tree.body[0].decorator_list = []
-    rewriter = _AndToBitAnd()
-    tree = ast.fix_missing_locations(rewriter.visit(tree))
-    if rewriter.count != 1:
-        raise RuntimeError(f"{fn.__name__} changed: expected one `and`, found {rewriter.count}")
-    namespace: dict[str, Any] = {}
-    exec(compile(tree, f"<{fn.__name__} with and -> &>", "exec"), fn.__globals__, namespace)
-    return triton.jit(namespace[fn.__name__])
-
-
 _module: ModuleType | None = None
 
 
@@ -111,7 +67,9 @@ def load_unified_attention() -> ModuleType:
         if not isinstance(unified.kernel_unified_attention, InterpretedFunction):
             raise RuntimeError("TRITON_INTERPRET=1 but the kernel is not interpreted "
                                "(triton was imported before the variable was set)")
-        load_bias = _interpretable(helpers.load_qq_bias_tile)
+        from vllm_nfoxhead.triton_interpret import interpretable
+
+        load_bias = interpretable(helpers.load_qq_bias_tile)
         helpers.load_qq_bias_tile = load_bias
         unified.load_qq_bias_tile = load_bias  # the kernel looks the name up at run time
     _module = unified
