@@ -9,7 +9,9 @@ token-conditioned head states onto those rows only: a `ParallelLMHead` of V'
 rows copied from the (shared or own) LM head, run through vLLM's own GEMM path.
 Drafting is then about V/V' times cheaper; only ids in the draft vocabulary can
 be proposed. Logit scaling and soft-capping are monotonic, so the top-k within
-the subset match the full projection's ordering.
+the subset match the full projection's ordering. A quantized shared LM head
+(or one vLLM's CPU build repacked) holds no float rows: its rows are read back
+through its own GEMM (`local_rows`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def _load_projection(head: nn.Module, weight: torch.Tensor) -> None:
     head.quant_method.process_weights_after_loading(head)
 
 
-def vocab_rows(lm_head: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+def vocab_rows(lm_head: nn.Module, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Rows `ids` [V'] (global token ids) of a vocab-parallel LM head -> [V', H] on every rank.
 
     Under tensor parallelism each rank holds rows org_vocab_start..end of the
@@ -45,12 +47,53 @@ def vocab_rows(lm_head: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """
     from vllm.distributed import tensor_model_parallel_all_reduce
 
-    weight = lm_head.weight  # [V/tp (padded), H]
     shard = lm_head.shard_indices
     local = (ids >= shard.org_vocab_start_index) & (ids < shard.org_vocab_end_index)  # [V']
-    rows = torch.zeros(ids.shape[0], weight.shape[1], dtype=weight.dtype, device=weight.device)
-    rows[local] = weight.index_select(0, ids[local] - shard.org_vocab_start_index)
+    device = ids.device
+    rows = torch.zeros(ids.shape[0], lm_head.embedding_dim, dtype=dtype, device=device)
+    rows[local] = local_rows(lm_head, ids[local] - shard.org_vocab_start_index, dtype)
     return tensor_model_parallel_all_reduce(rows)
+
+
+def plain_weight(lm_head: nn.Module) -> torch.Tensor | None:
+    """The LM head's float [V/tp, H] weight when it holds one, else None.
+
+    A quantized head (a quantized base's `lm_head`, or a tied head whose embedding is
+    quantized) stores packed or integer weights, and vLLM's CPU build repacks even an
+    unquantized head left out of a quantization config (UnquantizedLinearMethod) for
+    its GEMM and empties `weight`: such rows must not be read as float rows.
+    """
+    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+
+    weight = getattr(lm_head, "weight", None)
+    if (isinstance(lm_head.quant_method, UnquantizedEmbeddingMethod) and isinstance(weight, torch.Tensor)
+            and weight.dim() == 2 and weight.shape[1] == lm_head.embedding_dim and weight.is_floating_point()):
+        return weight
+    return None
+
+
+# Identity rows per GEMM when a quantized LM head is read back (bounds the [c, V/tp] output).
+DEQUANT_CHUNK = 64
+
+
+def local_rows(lm_head: nn.Module, local_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Rows `local_ids` (this rank's row indices) of an LM head as float rows [n, H].
+
+    A plain head: its weight rows. Any other head: its own GEMM (the quant method
+    vLLM's LogitsProcessor calls) applied to the identity, which returns W^T one
+    block of hidden dimensions at a time: exact for weight-only quantization and
+    for activations quantized per token (a one-hot row quantizes exactly); a
+    static activation scale at most scales every row by the same positive factor,
+    which keeps each draft's ranking.
+    """
+    weight = plain_weight(lm_head)
+    if weight is not None:
+        return weight.index_select(0, local_ids).to(dtype)
+    hidden = lm_head.embedding_dim
+    eye = torch.eye(hidden, dtype=dtype, device=local_ids.device)
+    cols = [lm_head.quant_method.apply(lm_head, eye[i: i + DEQUANT_CHUNK]).index_select(1, local_ids)
+            for i in range(0, hidden, DEQUANT_CHUNK)]  # [c, n] each
+    return torch.cat(cols).t().contiguous()  # [n, H]
 
 
 class VllmNFoxHeads(nn.Module):
@@ -95,12 +138,13 @@ class VllmNFoxHeads(nn.Module):
 
     def _load_draft_heads(self, tensors: dict[str, torch.Tensor]) -> None:
         """Copy the draft-vocabulary rows of the LM head(s) into the draft heads."""
-        device = next(self.residual.parameters()).device
-        ids = tensors[DRAFT_VOCAB_KEY].to(device)
+        param = next(self.residual.parameters())
+        ids = tensors[DRAFT_VOCAB_KEY].to(param.device)
         self.draft_vocab = ids
         for k, draft in enumerate(self.draft_heads):
-            rows = (vocab_rows(self.target_model[0].lm_head, ids) if self.lm_heads is None
-                    else tensors[head_key(k, None, "weight")].to(device).index_select(0, ids))
+            with torch.no_grad():
+                rows = (vocab_rows(self.target_model[0].lm_head, ids, param.dtype) if self.lm_heads is None
+                        else tensors[head_key(k, None, "weight")].to(param.device).index_select(0, ids))
             _load_projection(draft, rows)  # [V', H]
 
     @torch.inference_mode()

@@ -8,6 +8,7 @@ which vLLM hands unchanged to every worker.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,9 @@ from typing import Any
 from ..errors import NFoxHeadError
 from ..format import HeadsConfig, check_base_compat, validate_heads_dir
 from ..lookup import DEFAULT_LOOKUP
+
+# A child of vLLM's own logger, so the lines appear wherever vLLM configures its logging.
+logger = logging.getLogger("vllm.nfoxhead")
 
 PREFIX = "nfoxhead:"
 PROPOSER_PATH = "vllm_nfoxhead.integration.proposer.NFoxHeadProposer"
@@ -114,11 +118,13 @@ def translate_engine_args(args: Any) -> bool:
     return True
 
 
-def validate_for_target(args: Any, hidden_size: int, vocab_size: int, base: str) -> HeadsConfig:
+def validate_for_target(args: Any, hidden_size: int, vocab_size: int, base: str,
+                        target_model_config: Any = None) -> HeadsConfig:
     """Cheap checks of the heads against the served model, before any engine memory.
 
     Also fills in `num_speculative_tokens`: for a tree its size; for a chain, unless
-    given, the longer of one token per head and the lookup length.
+    given, the longer of one token per head and the lookup length. A tree over a KV
+    cache its verification cannot read falls back to a chain, with one warning.
     """
     opts = NFoxHeadOptions.from_additional_config(args.additional_config)
     if opts.acceptance not in ACCEPTANCE_MODES:
@@ -140,14 +146,19 @@ def validate_for_target(args: Any, hidden_size: int, vocab_size: int, base: str)
         args.additional_config[ADDITIONAL_CONFIG_KEY]["cost_table"] = load_cost_table(opts.cost_table)
     spec = args.speculative_config
     tree = resolve_tree(opts.tree if opts.tree is not None else config.tree, config.num_heads)
-    args.additional_config[ADDITIONAL_CONFIG_KEY]["tree"] = tree
     k = spec.get("num_speculative_tokens")
+    if tree is not None and k is not None and k != len(tree):
+        raise NFoxHeadError(
+            f"num_speculative_tokens={k} but the tree has {len(tree)} nodes",
+            "leave num_speculative_tokens out (it follows the tree) or set it to the tree size",
+        )
+    if tree is not None and (problem := tree_problem(args, target_model_config)):
+        logger.warning("NFoxHead: tree verification does not support %s; drafting a chain instead. Fix: %s",
+                       *problem)
+        tree, k = None, None  # k followed the tree; the chain takes its own default
+        spec.pop("num_speculative_tokens", None)
+    args.additional_config[ADDITIONAL_CONFIG_KEY]["tree"] = tree
     if tree is not None:
-        if k is not None and k != len(tree):
-            raise NFoxHeadError(
-                f"num_speculative_tokens={k} but the tree has {len(tree)} nodes",
-                "leave num_speculative_tokens out (it follows the tree) or set it to the tree size",
-            )
         spec["num_speculative_tokens"] = len(tree)
         gpu_tree_settings(args)
         return config
@@ -169,6 +180,83 @@ def validate_for_target(args: Any, hidden_size: int, vocab_size: int, base: str)
     spec["num_speculative_tokens"] = k
     return config
 
+
+
+def kv_cache_dtype(args: Any, target_model_config: Any = None) -> str:
+    """The KV cache dtype the engine will use: the user's kv_cache_dtype, or for 'auto'
+    the one a checkpoint declares (vLLM resolves it the same way when it builds CacheConfig)."""
+    dtype = str(getattr(args, "kv_cache_dtype", None) or "auto")
+    if dtype == "auto" and target_model_config is not None:
+        from vllm.utils.torch_utils import resolve_kv_cache_dtype_string
+
+        dtype = str(resolve_kv_cache_dtype_string(dtype, target_model_config))
+    return dtype
+
+
+def tree_problem(args: Any, target_model_config: Any = None) -> tuple[str, str] | None:
+    """(problem, fix) when this engine cannot verify trees exactly (its drafts are then a
+    chain), else None."""
+    return (tree_kv_problem(kv_cache_dtype(args, target_model_config))
+            or tree_quantization_problem(target_model_config))
+
+
+# Quantization methods (vLLM names) whose linear layers read activations in the model
+# dtype: weight-only. Anything else may quantize activations.
+WEIGHT_ONLY_QUANTIZATION = ("gptq", "gptq_marlin", "auto_gptq", "awq", "awq_marlin", "auto_awq",
+                            "inc", "moe_wna16", "experts_int8", "int8_per_channel_weight_only")
+
+
+def activation_quantization(target_model_config: Any) -> str | None:
+    """The base's quantization method if it may quantize activations (W8A8 and the like),
+    None for an unquantized or weight-only quantized base."""
+    method = getattr(target_model_config, "quantization", None)
+    if not method or method in WEIGHT_ONLY_QUANTIZATION:
+        return None
+    if method == "compressed-tensors":
+        qcfg = getattr(target_model_config.hf_config, "quantization_config", None) or {}
+        groups = (qcfg.get("config_groups") or {}) if isinstance(qcfg, dict) else {}
+        if groups and not any(g.get("input_activations") for g in groups.values() if isinstance(g, dict)):
+            return None  # weights only
+    return str(method)
+
+
+def tree_quantization_problem(target_model_config: Any) -> tuple[str, str] | None:
+    """Trees over a base that quantizes activations, on CPU: the tree rows' attention
+    (recomputed in float32 by cpu_tree_attention) rounds differently from vLLM's kernel
+    (about 1e-6), and quantizing the next layer's input turns that into logit changes of
+    about 1e-3, enough to flip near-tied greedy choices (2 of 32 answers of the tiny
+    model under W8A8 int8). Chains are verified by vLLM's own kernel and stay exact."""
+    from vllm.platforms import current_platform
+
+    method = activation_quantization(target_model_config) if target_model_config is not None else None
+    if method is None or not current_platform.is_cpu():
+        return None
+    return (f"a base that quantizes activations ({method}) on CPU (tree rows would round differently "
+            "from plain decoding)", "serve an unquantized or weight-only quantized base for trees")
+
+
+KV_FIX = "leave kv_cache_dtype at 'auto' for trees"
+
+
+def tree_kv_problem(cache_dtype: str) -> tuple[str, str] | None:
+    """Why tree verification cannot run over a KV cache of `cache_dtype` here, or None.
+
+    Both tree paths refuse such caches at run time, which would stop the engine:
+    the CPU fix-up reads the cache in the model dtype (any dtype but 'auto'), the
+    Triton one refuses quantized caches (cpu_tree_attention / triton_tree_attention
+    .check_supported).
+    """
+    from vllm.platforms import current_platform
+
+    if cache_dtype == "auto":
+        return None
+    if current_platform.is_cpu():
+        return f"a KV cache of dtype {cache_dtype} on CPU", KV_FIX
+    from vllm.v1.kv_cache_interface import is_quantized_kv_cache
+
+    if is_quantized_kv_cache(cache_dtype):
+        return f"a quantized KV cache ({cache_dtype}) on {current_platform.device_name}", KV_FIX
+    return None
 
 
 def gpu_tree_settings(args: Any) -> None:

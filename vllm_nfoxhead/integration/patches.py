@@ -67,6 +67,7 @@ def patch_engine_args() -> None:
                     hidden_size=target_model_config.get_hidden_size(),
                     vocab_size=target_model_config.get_vocab_size(),
                     base=str(target_model_config.model),
+                    target_model_config=target_model_config,
                 )
             return orig(self, target_model_config, target_parallel_config)
 
