@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from vllm_nfoxhead.errors import NFoxHeadError
+from vllm_nfoxhead.core.errors import NFoxHeadError
 
 from .checkpoint import LazyCheckpoint
 

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from vllm_nfoxhead.errors import NFoxHeadError
+from vllm_nfoxhead.core.errors import NFoxHeadError
 
 
 def check_destination(dest: Path, force: bool, inputs: list[Path]) -> None:

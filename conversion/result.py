@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from vllm_nfoxhead.format import HeadsConfig
+from vllm_nfoxhead.core.format import HeadsConfig
 
 if TYPE_CHECKING:
     from .base_model import BaseModel

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from vllm_nfoxhead.errors import NFoxHeadError
-from vllm_nfoxhead.format import DTYPES, HeadsConfig, check_base_compat, head_key, save_heads
-from vllm_nfoxhead.tree import parse_tree
+from vllm_nfoxhead.core.errors import NFoxHeadError
+from vllm_nfoxhead.core.format import DTYPES, HeadsConfig, check_base_compat, head_key, save_heads
+from vllm_nfoxhead.core.tree import parse_tree
 
 from .base_model import BaseModel
 from .families import READERS, reader_for

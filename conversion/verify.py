@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from vllm_nfoxhead.format import read_heads_tensors, validate_heads_dir
-from vllm_nfoxhead.heads import NFoxHeads
+from vllm_nfoxhead.core.format import read_heads_tensors, validate_heads_dir
+from vllm_nfoxhead.core.heads import NFoxHeads
 
 from .result import SourceHeads
 from .vllm_medusa import vllm_medusa_logits

@@ -26,8 +26,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from vllm_nfoxhead.errors import NFoxHeadError
-from vllm_nfoxhead.format import HeadsConfig, head_key
+from vllm_nfoxhead.core.errors import NFoxHeadError
+from vllm_nfoxhead.core.format import HeadsConfig, head_key
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -59,7 +59,7 @@ def write_vllm_medusa(
         raise NFoxHeadError("these heads are token-conditioned (config.json conditioning: tokens); "
                             "vLLM's Medusa runs heads that read the hidden state only",
                             "serve them with nfoxhead:HEADS_DIR, or train Medusa heads with "
-                            "`python -m vllm_nfoxhead.train --conditioning none`")
+                            "`python -m vllm_nfoxhead.training.train --conditioning none`")
     if config.shared_lm_head and base_lm_head is None:
         raise ValueError("shared-LM-head heads need the base LM head for vLLM's Medusa format")
     dtype = config.torch_dtype

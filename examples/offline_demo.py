@@ -21,7 +21,7 @@ from typing import Any
 
 from vllm import LLM, SamplingParams
 
-from vllm_nfoxhead.dtype_choice import AUTO_HELP, DTYPE_CHOICES, resolve_dtype
+from vllm_nfoxhead.core.dtype_choice import AUTO_HELP, DTYPE_CHOICES, resolve_dtype
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_HEADS = REPO / "heads" / "smollm2-nfoxhead"
@@ -48,14 +48,14 @@ def parse_args() -> argparse.Namespace:
 def setup(args: argparse.Namespace) -> tuple[Path, Path, list[Any]]:
     """(model, heads, prompts): raw text for the tiny model, chat conversations otherwise."""
     if args.tiny:
-        from vllm_nfoxhead.tiny_model import SEED_PROMPTS, build_tiny_assets
+        from vllm_nfoxhead.models.tiny_model import SEED_PROMPTS, build_tiny_assets
 
         model, heads = build_tiny_assets(CACHE / "tiny")
         return model, heads, SEED_PROMPTS[: args.num_prompts]
     if args.model:
         model, heads = Path(args.model), Path(args.heads or "")
     else:
-        from vllm_nfoxhead.smollm2 import prepare_smollm2
+        from vllm_nfoxhead.models.smollm2 import prepare_smollm2
 
         model, heads = prepare_smollm2(), Path(args.heads or SHIPPED_HEADS)
     lines = (REPO / "data" / "prompts" / "bench.jsonl").read_text().splitlines()
@@ -96,7 +96,7 @@ def run(engine: dict[str, Any], spec: dict[str, Any] | None, prompts: list[Any],
 def main() -> None:
     args = parse_args()
     model, heads, prompts = setup(args)
-    from vllm_nfoxhead.format import validate_heads_dir
+    from vllm_nfoxhead.core.format import validate_heads_dir
 
     tree = args.tree or validate_heads_dir(heads).tree or "mc_sim_16"
     engine = dict(model=str(model), dtype=args.dtype, max_model_len=1024, seed=0,

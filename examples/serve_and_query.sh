@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${VLLM_NFOXHEAD_CACHE:-$HOME/.cache/vllm-nfoxhead}
 if [ $# -ge 2 ]; then MODEL=$1; HEADS=$2; else
-  .venv/bin/python -c "from vllm_nfoxhead.tiny_model import build_tiny_assets as b; b('$CACHE/tiny')"
+  .venv/bin/python -c "from vllm_nfoxhead.models.tiny_model import build_tiny_assets as b; b('$CACHE/tiny')"
   MODEL=$CACHE/tiny/model; HEADS=$CACHE/tiny/heads
 fi
 PORT=${PORT:-8011}

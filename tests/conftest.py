@@ -18,7 +18,7 @@ KV_CACHE_BYTES = 96 * 2**20
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory) -> tuple[Path, Path]:
     """(model_dir, heads_dir) of the tiny random Llama and heads fitted to it."""
-    from vllm_nfoxhead.tiny_model import build_tiny_assets
+    from vllm_nfoxhead.models.tiny_model import build_tiny_assets
 
     return build_tiny_assets(tmp_path_factory.mktemp("tiny") / "assets")
 

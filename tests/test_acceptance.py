@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from vllm_nfoxhead.acceptance import (accept, accept_greedy, accept_sampling,
+from vllm_nfoxhead.core.acceptance import (accept, accept_greedy, accept_sampling,
                                       accept_typical)
-from vllm_nfoxhead.tree import parse_tree
+from vllm_nfoxhead.core.tree import parse_tree
 
 TREE3 = [[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0]]   # depth 3, width 3, 7 nodes
 

@@ -14,7 +14,7 @@ import time
 import pytest
 from vllm.engine.arg_utils import EngineArgs
 
-from vllm_nfoxhead.errors import NFoxHeadError
+from vllm_nfoxhead.core.errors import NFoxHeadError
 
 
 def engine_config(model, spec):
@@ -90,8 +90,8 @@ def test_truncated_weights(tiny_assets, heads_copy):
 def test_hidden_size_mismatch(tiny_assets, tmp_path):
     import torch
 
-    from vllm_nfoxhead.format import HeadsConfig, save_heads
-    from vllm_nfoxhead.heads import NFoxHeads
+    from vllm_nfoxhead.core.format import HeadsConfig, save_heads
+    from vllm_nfoxhead.core.heads import NFoxHeads
 
     for field, config in [
         ("hidden size 64 but", HeadsConfig(num_heads=2, num_layers=1, hidden_size=64,

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from vllm_nfoxhead.bench.__main__ import main
-from vllm_nfoxhead.tiny_model import SEED_PROMPTS
+from vllm_nfoxhead.tools.bench.__main__ import main
+from vllm_nfoxhead.models.tiny_model import SEED_PROMPTS
 
 pytestmark = pytest.mark.engine
 

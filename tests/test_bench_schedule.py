@@ -8,10 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from vllm_nfoxhead.bench.__main__ import stop_on_sigterm
-from vllm_nfoxhead.bench.methods import Method
-from vllm_nfoxhead.bench.report import rows
-from vllm_nfoxhead.bench.runner import RunResult, SpecCounts, alternating, prompt_groups
+from vllm_nfoxhead.tools.bench.__main__ import stop_on_sigterm
+from vllm_nfoxhead.tools.bench.methods import Method
+from vllm_nfoxhead.tools.bench.report import rows
+from vllm_nfoxhead.tools.bench.runner import RunResult, SpecCounts, alternating, prompt_groups
 
 
 def test_prompt_groups_cover_every_prompt_once_in_order():

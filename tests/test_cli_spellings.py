@@ -43,7 +43,7 @@ def test_unsupported_vllm_version_fails_loudly(tiny_assets, monkeypatch):
     import vllm
     from vllm.engine.arg_utils import EngineArgs
 
-    from vllm_nfoxhead.errors import NFoxHeadError
+    from vllm_nfoxhead.core.errors import NFoxHeadError
 
     monkeypatch.setattr(vllm, "__version__", "0.31.2")
     args = EngineArgs(model=str(tiny_assets[0]), dtype="float32", max_model_len=512,

@@ -22,8 +22,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from conversion.to_vllm import main
-from vllm_nfoxhead.format import read_heads_tensors, validate_heads_dir
-from vllm_nfoxhead.heads import NFoxHeads
+from vllm_nfoxhead.core.format import read_heads_tensors, validate_heads_dir
+from vllm_nfoxhead.core.heads import NFoxHeads
 
 H, V = 32, 48
 REPO = Path(__file__).resolve().parents[1]

@@ -26,7 +26,7 @@ import torch
 
 from conversion.to_vllm import main
 from test_conversion import plugin_logits, rand_ref_tensors, ref_logits_reference_keys
-from vllm_nfoxhead.format import validate_heads_dir
+from vllm_nfoxhead.core.format import validate_heads_dir
 
 SHARD_BYTES = 300 * 2**20
 NUM_SHARDS = 4

@@ -11,7 +11,7 @@ import torch
 from vllm_nfoxhead.integration.cpu_kv_layout import split_cache
 from vllm_nfoxhead.integration.cpu_tree_attention import layout_for, tree_rows_attention
 from vllm_nfoxhead.integration.tree_step import TreeRequest
-from vllm_nfoxhead.tree import parse_tree
+from vllm_nfoxhead.core.tree import parse_tree
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

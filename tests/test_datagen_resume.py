@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from vllm_nfoxhead import datagen as D
-from vllm_nfoxhead.errors import NFoxHeadError
+from vllm_nfoxhead.training import datagen as D
+from vllm_nfoxhead.core.errors import NFoxHeadError
 
 
 def _record(i: int) -> dict:

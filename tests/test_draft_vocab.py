@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from vllm_nfoxhead.draft_vocab import main, most_frequent_ids, shrink_draft_vocab
-from vllm_nfoxhead.errors import NFoxHeadError
-from vllm_nfoxhead.format import DRAFT_VOCAB_KEY, HeadsConfig, read_heads_tensors, save_heads, validate_heads_dir
-from vllm_nfoxhead.heads import NFoxHeads
+from vllm_nfoxhead.training.draft_vocab import main, most_frequent_ids, shrink_draft_vocab
+from vllm_nfoxhead.core.errors import NFoxHeadError
+from vllm_nfoxhead.core.format import DRAFT_VOCAB_KEY, HeadsConfig, read_heads_tensors, save_heads, validate_heads_dir
+from vllm_nfoxhead.core.heads import NFoxHeads
 
 VOCAB = 40
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from vllm_nfoxhead import dtype_choice
+from vllm_nfoxhead.core import dtype_choice
 
 
 def test_explicit_dtypes_pass_through():

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.engine
 
 @pytest.fixture(scope="module")
 def conditioned_heads(tiny_assets, tmp_path_factory):
-    from vllm_nfoxhead.tiny_model import write_fitted_heads
+    from vllm_nfoxhead.models.tiny_model import write_fitted_heads
 
     return write_fitted_heads(tiny_assets[0], tmp_path_factory.mktemp("cond") / "heads",
                               steps=60, conditioning="tokens")

@@ -10,7 +10,7 @@ import pytest
 from vllm import SamplingParams
 
 from conftest import make_llm
-from vllm_nfoxhead.tiny_model import SEED_PROMPTS
+from vllm_nfoxhead.models.tiny_model import SEED_PROMPTS
 
 pytestmark = pytest.mark.engine
 

@@ -9,7 +9,7 @@ from vllm import SamplingParams
 
 from conftest import make_llm
 from test_engine_greedy import metric, token_ids
-from vllm_nfoxhead.tiny_model import SEED_PROMPTS
+from vllm_nfoxhead.models.tiny_model import SEED_PROMPTS
 
 pytestmark = pytest.mark.engine
 

@@ -30,7 +30,7 @@ from vllm.engine.arg_utils import EngineArgs
 from conftest import make_llm
 from test_engine_greedy import metric, token_ids
 from test_engine_tree import GREEDY, MIXED, PROMPTS
-from vllm_nfoxhead.errors import NFoxHeadError
+from vllm_nfoxhead.core.errors import NFoxHeadError
 
 pytestmark = pytest.mark.engine
 
@@ -43,7 +43,7 @@ def w8a8_root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def w8a8(tiny_assets, w8a8_root):
     """The tiny Llama as compressed-tensors W8A8 int8, its LM head quantized too."""
-    from vllm_nfoxhead.quantized_model import quantize_checkpoint
+    from vllm_nfoxhead.models.quantized_model import quantize_checkpoint
 
     return quantize_checkpoint(tiny_assets[0], w8a8_root / "model", "w8a8_int8", quantize_lm_head=True)
 
@@ -53,8 +53,8 @@ def w8a8_heads(tiny_assets, w8a8_root):
     """Heads fitted to the W8A8 model's float twin (same quantized weights, float
     activations): shared token-conditioned heads with a draft vocabulary, and shared
     Medusa heads."""
-    from vllm_nfoxhead.quantized_model import quantize_checkpoint
-    from vllm_nfoxhead.tiny_model import write_fitted_heads
+    from vllm_nfoxhead.models.quantized_model import quantize_checkpoint
+    from vllm_nfoxhead.models.tiny_model import write_fitted_heads
 
     twin = quantize_checkpoint(tiny_assets[0], w8a8_root / "twin", "w8a8_int8", quantize_lm_head=True, twin=True)
     conditioned = write_fitted_heads(twin, w8a8_root / "conditioned", steps=60, shared_lm_head=True,
@@ -168,7 +168,7 @@ def test_every_fp8_spelling_drops_the_tree(tiny_assets, kv):
     ("w4a16", "bfloat16", True), ("gptq_w4", "bfloat16", True),  # weight-only
 ])
 def test_trees_kept_only_on_bases_with_float_activations(tiny_assets, tmp_path, scheme, dtype, tree_kept):
-    from vllm_nfoxhead.quantized_model import quantize_checkpoint
+    from vllm_nfoxhead.models.quantized_model import quantize_checkpoint
 
     model = quantize_checkpoint(tiny_assets[0], tmp_path / scheme, scheme)
     with plugin_warnings() as warnings:
@@ -181,8 +181,8 @@ def test_heads_for_another_model_refused_on_quantized_base(w8a8, tmp_path):
     """Hidden size and vocabulary come from the base's config, quantized or not."""
     import torch
 
-    from vllm_nfoxhead.format import HeadsConfig, save_heads
-    from vllm_nfoxhead.heads import NFoxHeads
+    from vllm_nfoxhead.core.format import HeadsConfig, save_heads
+    from vllm_nfoxhead.core.heads import NFoxHeads
 
     for field, config in [
         ("hidden size 64 but", HeadsConfig(num_heads=2, num_layers=1, hidden_size=64,

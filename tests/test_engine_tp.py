@@ -104,7 +104,7 @@ def test_conditioned_heads_sharing_the_lm_head_with_a_draft_vocabulary(tiny_asse
                                                                       tmp_path_factory):
     """Shared LM head + draft vocabulary: the rows must come from the whole vocabulary,
     not from this rank's shard of the target's LM head."""
-    from vllm_nfoxhead.tiny_model import write_fitted_heads
+    from vllm_nfoxhead.models.tiny_model import write_fitted_heads
 
     heads = write_fitted_heads(tiny_assets[0], tmp_path_factory.mktemp("tp-cond") / "heads", steps=60,
                                shared_lm_head=True, conditioning="tokens")

@@ -14,7 +14,7 @@ from vllm import SamplingParams
 
 from conftest import make_llm
 from test_engine_greedy import metric, token_ids
-from vllm_nfoxhead.tiny_model import SEED_PROMPTS
+from vllm_nfoxhead.models.tiny_model import SEED_PROMPTS
 
 pytestmark = pytest.mark.engine
 
@@ -61,7 +61,7 @@ def test_tree_greedy_equal(tree_llm, plain_outputs):
 def test_tree_accepts_more_than_chain(tiny_assets, tmp_path_factory):
     """Half-trained heads (top-1 right ~2/3 of the time, top-3 ~9/10): the tree's
     rank-1/2 nodes must be accepted, which a chain never drafts."""
-    from vllm_nfoxhead.tiny_model import write_fitted_heads
+    from vllm_nfoxhead.models.tiny_model import write_fitted_heads
 
     heads = write_fitted_heads(tiny_assets[0], tmp_path_factory.mktemp("half") / "heads", steps=20)
     params = SamplingParams(temperature=0, max_tokens=48, ignore_eos=True)

@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from vllm_nfoxhead.errors import NFoxHeadError
-from vllm_nfoxhead.format import (
+from vllm_nfoxhead.core.errors import NFoxHeadError
+from vllm_nfoxhead.core.format import (
     HeadsConfig, check_base_compat, load_heads_config, read_heads_tensors, save_heads,
     validate_heads_dir,
 )
-from vllm_nfoxhead.heads import NFoxHeads
+from vllm_nfoxhead.core.heads import NFoxHeads
 
 
 def small_config(**kw) -> HeadsConfig:

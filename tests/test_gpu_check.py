@@ -68,7 +68,7 @@ def test_cost_table_is_what_tree_builder_reads(interpreter_run):
     table = json.loads((out / "cost_table.json").read_text())
     assert list(table) == ["1", "2", "4"] and all(c > 0 for c in table.values())
     chosen = subprocess.run(
-        [sys.executable, "-m", "vllm_nfoxhead.tree_builder", "--accuracies", str(REPO / "heads" / "smollm2-nfoxhead"),
+        [sys.executable, "-m", "vllm_nfoxhead.tools.tree_builder", "--accuracies", str(REPO / "heads" / "smollm2-nfoxhead"),
          "--cost-table", str(out / "cost_table.json")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert chosen.returncode == 0, chosen.stderr
     assert json.loads(chosen.stdout)["nodes"] in (1, 2, 3, 4)

@@ -8,7 +8,7 @@ from vllm.config.compilation import CUDAGraphMode
 from vllm.engine.arg_utils import EngineArgs
 from vllm.platforms import current_platform
 
-from vllm_nfoxhead.errors import NFoxHeadError
+from vllm_nfoxhead.core.errors import NFoxHeadError
 from vllm_nfoxhead.integration.options import gpu_tree_settings
 
 
@@ -45,8 +45,8 @@ def random_heads(tmp_path):
     """Heads for a hidden size 128, vocabulary 384 base (weights never run here)."""
     import torch
 
-    from vllm_nfoxhead.format import HeadsConfig, save_heads
-    from vllm_nfoxhead.heads import NFoxHeads
+    from vllm_nfoxhead.core.format import HeadsConfig, save_heads
+    from vllm_nfoxhead.core.heads import NFoxHeads
 
     config = HeadsConfig(num_heads=4, num_layers=1, hidden_size=128, vocab_size=384, shared_lm_head=True)
     torch.manual_seed(0)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from vllm_nfoxhead.format import HeadsConfig, head_key
-from vllm_nfoxhead.heads import NFoxHeads
+from vllm_nfoxhead.core.format import HeadsConfig, head_key
+from vllm_nfoxhead.core.heads import NFoxHeads
 
 
 def reference_logits(tensors, k, layers, hidden, lm_head):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from vllm_nfoxhead.kv_compaction import compact_kv, compaction_pairs, copy_slots
-from vllm_nfoxhead.tree import parse_tree
+from vllm_nfoxhead.core.kv_compaction import compact_kv, compaction_pairs, copy_slots
+from vllm_nfoxhead.core.tree import parse_tree
 
 # Nodes: 0:[0] 1:[1] 2:[0,0] 3:[1,0] 4:[1,1] 5:[1,0,0]
 TREE = [[0], [1], [0, 0], [1, 0], [1, 1], [1, 0, 0]]

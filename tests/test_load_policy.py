@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vllm_nfoxhead.errors import NFoxHeadError
-from vllm_nfoxhead.load_policy import CPU_DEFAULT_COST, LoadPolicy
+from vllm_nfoxhead.core.errors import NFoxHeadError
+from vllm_nfoxhead.core.load_policy import CPU_DEFAULT_COST, LoadPolicy
 
 ACC = [[0.7, 0.1], [0.5, 0.1], [0.4, 0.1], [0.3, 0.1]]
 TREE = [[0], [1], [0, 0], [0, 1], [1, 0], [0, 0, 0], [0, 0, 0, 0]]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vllm_nfoxhead.lookup import lookup_draft, lookup_run
+from vllm_nfoxhead.core.lookup import lookup_draft, lookup_run
 
 
 def draft(tokens, k, lo=2, hi=4):

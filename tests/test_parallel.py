@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 from vllm.engine.arg_utils import EngineArgs
 
-from vllm_nfoxhead.errors import NFoxHeadError
+from vllm_nfoxhead.core.errors import NFoxHeadError
 from vllm_nfoxhead.integration.parallel import check_pipeline_parallel
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from vllm_nfoxhead import prompts as P
-from vllm_nfoxhead.errors import NFoxHeadError
+from vllm_nfoxhead.training import prompts as P
+from vllm_nfoxhead.core.errors import NFoxHeadError
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "prompts"
 CATEGORIES = {"writing", "coding", "maths", "reasoning", "extraction", "roleplay",
@@ -132,7 +132,7 @@ def test_wide_file_matches_generator_and_is_disjoint(tmp_path, sets):
 
 def test_wide_topics_are_new_and_never_bench():
     """Wide pools add subjects: none repeats a main-pool item, so none is a bench-share item."""
-    from vllm_nfoxhead.wide_topics import WIDE_POOLS
+    from vllm_nfoxhead.training.wide_topics import WIDE_POOLS
 
     for name, wide in WIDE_POOLS.items():
         main = getattr(P, name)
@@ -149,7 +149,7 @@ def test_wide_prompts_use_wide_topics():
     """Most writing and knowledge subjects of the wide set come from the wide pools."""
     import re
 
-    from vllm_nfoxhead.wide_topics import WIDE_POOLS
+    from vllm_nfoxhead.training.wide_topics import WIDE_POOLS
 
     text = " ".join(r["prompt"] for r in _load("train-wide.jsonl"))
     pools = WIDE_POOLS["WRITING_TOPICS"] + WIDE_POOLS["THINGS"] + WIDE_POOLS["EXPLAIN"]

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from vllm_nfoxhead.load_policy import DraftShape
-from vllm_nfoxhead.rate_tuner import HEADS, LOOKUP, TREE, RateTuner
+from vllm_nfoxhead.core.load_policy import DraftShape
+from vllm_nfoxhead.core.rate_tuner import HEADS, LOOKUP, TREE, RateTuner
 
 NONE = DraftShape("none", 0, 1.0)
 C1, C2, C3 = DraftShape("chain", 1, 1.6), DraftShape("chain", 2, 1.96), DraftShape("chain", 3, 2.176)

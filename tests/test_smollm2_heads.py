@@ -23,7 +23,7 @@ GREEDY = SamplingParams(temperature=0, max_tokens=48)
 
 @pytest.fixture(scope="module")
 def smollm2() -> Path:
-    from vllm_nfoxhead.smollm2 import prepare_smollm2
+    from vllm_nfoxhead.models.smollm2 import prepare_smollm2
 
     return prepare_smollm2()
 

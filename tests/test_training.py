@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from vllm_nfoxhead import training as T
-from vllm_nfoxhead.format import load_heads_config, validate_heads_dir
-from vllm_nfoxhead.train import main as train_main
+from vllm_nfoxhead.training import trainer as T
+from vllm_nfoxhead.core.format import load_heads_config, validate_heads_dir
+from vllm_nfoxhead.training.train import main as train_main
 
 VOCAB = 64
 
@@ -258,7 +258,7 @@ def test_cli_several_data_files_cache_each(tiny_model, data_file, tmp_path, monk
 
 
 def test_cli_bad_eval_data_fails_before_work(tiny_model, data_file, tmp_path, monkeypatch):
-    import vllm_nfoxhead.train as train_cli
+    import vllm_nfoxhead.training.train as train_cli
 
     monkeypatch.setattr(train_cli, "load_base", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
     with pytest.raises(SystemExit, match="missing.jsonl does not exist"):
@@ -291,7 +291,7 @@ def test_cli_bad_data(tiny_model, tmp_path):
 
 
 def test_step_accept_walks_each_sequence_as_vllm_steps():
-    from vllm_nfoxhead.training import step_accept
+    from vllm_nfoxhead.training.trainer import step_accept
 
     # Sequence 0: runs 2,0,0,1,0 -> steps at t=0 (3 tokens), t=3 (2 tokens) = 5 tokens / 2 steps.
     # Sequence 1: runs 0,0 -> two steps of 1 token. A step never crosses into the next sequence.

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from vllm_nfoxhead.drafting import ChainDrafter, Drafter
-from vllm_nfoxhead.errors import NFoxHeadError
-from vllm_nfoxhead.tree import MAX_TREE_NODES, Tree, TreeDrafter, parse_tree
-from vllm_nfoxhead.tree_presets import PRESETS
+from vllm_nfoxhead.core.drafting import ChainDrafter, Drafter
+from vllm_nfoxhead.core.errors import NFoxHeadError
+from vllm_nfoxhead.core.tree import MAX_TREE_NODES, Tree, TreeDrafter, parse_tree
+from vllm_nfoxhead.core.tree_presets import PRESETS
 
 # Given out of order on purpose: buffers sort by (depth, lexicographic).
 SMALL = [[0, 0, 0], [1], [0], [0, 1], [1, 0], [0, 0]]

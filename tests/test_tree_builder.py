@@ -7,9 +7,10 @@ import json
 
 import pytest
 
-from vllm_nfoxhead.errors import NFoxHeadError
-from vllm_nfoxhead.tree_builder import (build_tree, choose_size, expected_accept,
-                                        from_cumulative, grow, interpolate_cost, main)
+from vllm_nfoxhead.core.errors import NFoxHeadError
+from vllm_nfoxhead.core.tree_search import (build_tree, choose_size, expected_accept,
+                                             from_cumulative, grow, interpolate_cost)
+from vllm_nfoxhead.tools.tree_builder import main
 
 CPU_COSTS = {1: 1.0, 4: 1.04, 8: 1.08, 16: 1.3, 32: 1.6, 64: 2.3}
 # Medusa-like: strong top-1 decaying with depth.
@@ -137,7 +138,7 @@ def test_cli_reads_accuracies_from_trained_heads_dir(tmp_path, capsys):
     """A heads directory written by the trainer carries extra.rank_accuracy."""
     import json
 
-    from vllm_nfoxhead.tree_builder import main
+    from vllm_nfoxhead.tools.tree_builder import main
 
     heads = tmp_path / "heads"
     heads.mkdir()
@@ -154,9 +155,9 @@ def test_cli_reads_accuracies_from_trained_heads_dir(tmp_path, capsys):
 def test_cli_save_to_stores_the_default_tree(tmp_path, capsys):
     import json
 
-    from vllm_nfoxhead.format import HeadsConfig, save_heads, validate_heads_dir
-    from vllm_nfoxhead.heads import NFoxHeads
-    from vllm_nfoxhead.tree_builder import main
+    from vllm_nfoxhead.core.format import HeadsConfig, save_heads, validate_heads_dir
+    from vllm_nfoxhead.core.heads import NFoxHeads
+    from vllm_nfoxhead.tools.tree_builder import main
 
     config = HeadsConfig(num_heads=2, num_layers=1, hidden_size=8, vocab_size=16, shared_lm_head=True,
                          base_model="base", dtype="float32",

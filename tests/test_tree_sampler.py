@@ -27,8 +27,8 @@ from vllm.v1.spec_decode.metadata import SpecDecodeMetadata
 from vllm_nfoxhead.integration.options import NFoxHeadOptions
 from vllm_nfoxhead.integration.tree_sampler import TreeRejectionSampler
 from vllm_nfoxhead.integration.tree_step import TreeRequest, TreeStep, set_current_step
-from vllm_nfoxhead.tree import parse_tree
-from vllm_nfoxhead.tree_verify import top_k_top_p, verify_trees
+from vllm_nfoxhead.core.tree import parse_tree
+from vllm_nfoxhead.core.tree_verify import top_k_top_p, verify_trees
 
 V = 64
 TREE = parse_tree([[0], [1], [0, 0], [0, 1], [1, 0], [0, 0, 0]])
@@ -202,8 +202,8 @@ def test_verify_trees_merges_greedy_and_sampled_in_request_order():
 
 def test_lazy_row_sampling_equals_sampling_from_all_rows():
     """verify_trees computes probabilities only for visited rows: same draws, same result."""
-    from vllm_nfoxhead.acceptance import accept_sampling
-    from vllm_nfoxhead.tree_verify import target_probs
+    from vllm_nfoxhead.core.acceptance import accept_sampling
+    from vllm_nfoxhead.core.tree_verify import target_probs
 
     torch.manual_seed(5)
     buffers, b = TREE.buffers("cpu"), 64

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from vllm_nfoxhead.tree_builder import main as build_main
-from vllm_nfoxhead.verify_cost import main
+from vllm_nfoxhead.tools.tree_builder import main as build_main
+from vllm_nfoxhead.tools.verify_cost import main
 
 
 def test_cost_table_is_written_and_usable(tiny_assets, tmp_path, capsys):

@@ -6,7 +6,7 @@ numpy on CPU tensors. vLLM's CPU build replaces `triton` with a placeholder in
 `vllm.triton_utils` (its CPU backend has no Triton driver), so the kernel
 modules are re-imported against the real `triton` first (see `triton_ops`),
 and one helper is re-jitted where the interpreter's meaning of `and` differs
-from compiled Triton's (see vllm_nfoxhead/triton_interpret.py).
+from compiled Triton's (see vllm_nfoxhead/tools/triton_interpret.py).
 
 Shapes stay tiny (head size 32, block size 16): the interpreter is slow.
 """
@@ -30,9 +30,9 @@ from vllm_nfoxhead.integration.triton_tree_attention import (
     tree_bias,
 )
 from vllm_nfoxhead.integration.tree_step import TreeRequest, TreeStep
-from vllm_nfoxhead.kv_compaction import compaction_pairs
-from vllm_nfoxhead.tree import TreeBuffers, parse_tree
-from vllm_nfoxhead.triton_interpret import interpretable
+from vllm_nfoxhead.core.kv_compaction import compaction_pairs
+from vllm_nfoxhead.core.tree import TreeBuffers, parse_tree
+from vllm_nfoxhead.tools.triton_interpret import interpretable
 
 H_Q, H_KV, D, BLOCK = 4, 2, 32, 16  # GQA: 2 query heads per KV head
 SCALE = D ** -0.5

@@ -15,8 +15,8 @@ from collections.abc import Iterable
 
 import torch
 
-from vllm_nfoxhead.errors import NFoxHeadError
-from vllm_nfoxhead.format import DTYPES, HeadsConfig, head_key
+from vllm_nfoxhead.core.errors import NFoxHeadError
+from vllm_nfoxhead.core.format import DTYPES, HeadsConfig, head_key
 
 from ..checkpoint import LazyCheckpoint
 from ..result import HeadLayout, SourceHeads

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vllm_nfoxhead.errors import NFoxHeadError
+from vllm_nfoxhead.core.errors import NFoxHeadError
 
 from ..base_model import BaseModel, read_json, text_config
 from ..checkpoint import BIN_INDEX, SAFETENSORS_INDEX, LazyCheckpoint

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vllm_nfoxhead.errors import NFoxHeadError
+from vllm_nfoxhead.core.errors import NFoxHeadError
 
 from ..base_model import read_json
 from ..checkpoint import LazyCheckpoint

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from vllm_nfoxhead.errors import NFoxHeadError
+from vllm_nfoxhead.core.errors import NFoxHeadError
 
 from ..base_model import read_json
 from ..checkpoint import LazyCheckpoint

@@ -23,9 +23,9 @@ from vllm_nfoxhead.integration.triton_tree_attention import (
     kernel_bias,
     paged_kv,
 )
-from vllm_nfoxhead.kv_compaction import compaction_pairs
-from vllm_nfoxhead.tree import Tree, parse_tree
-from vllm_nfoxhead.tree_builder import build_tree
+from vllm_nfoxhead.core.kv_compaction import compaction_pairs
+from vllm_nfoxhead.core.tree import Tree, parse_tree
+from vllm_nfoxhead.core.tree_search import build_tree
 
 # Per-rank accuracies of the shipped SmolLM2 heads' first four heads (heads/smollm2-nfoxhead),
 # rounded: shape realistic trees of any size with tree_builder.

@@ -26,7 +26,7 @@ from check_common import Check, Sizes, dtype_of, require
 from check_kernels import load_unified_attention
 
 from vllm_nfoxhead.integration.triton_tree_attention import kernel_bias, paged_kv
-from vllm_nfoxhead.tree import parse_tree
+from vllm_nfoxhead.core.tree import parse_tree
 
 SM90_SHARED = 232448  # bytes of shared memory per block on sm_90 (227 KB)
 

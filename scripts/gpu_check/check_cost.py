@@ -1,7 +1,7 @@
 """Verification-cost table for a Llama-3-8B-shaped model, as tree_builder --cost-table reads it.
 
 {N: time to score N+1 tokens (root + N tree nodes) after `context` cached tokens
- / time to score 1 token}, like `python -m vllm_nfoxhead.verify_cost` on CPU, but
+ / time to score 1 token}, like `python -m vllm_nfoxhead.tools.verify_cost` on CPU, but
 measured here with a minimal decoder in plain torch (random bf16 weights: speed
 does not depend on the values) whose attention is vLLM's Triton kernel over a
 paged KV cache, called as vLLM's Triton backend calls it (split-K "3D" kernel
@@ -32,7 +32,7 @@ from check_kernels import load_unified_attention, plugin_vllm_imports
 
 from vllm_nfoxhead.integration.tree_step import TreeRequest, TreeStep, is_chain
 from vllm_nfoxhead.integration.triton_tree_attention import fix_tree_rows_triton, paged_kv
-from vllm_nfoxhead.tree_builder import build_tree
+from vllm_nfoxhead.core.tree_search import build_tree
 
 SEGMENTS_3D = 16  # vLLM's NUM_PAR_SOFTMAX_SEGMENTS
 THRESHOLD_3D = 128  # vLLM's MIN_LAUNCH_GRID_SIZE_2D; seq_threshold_3D = this // num_kv_heads
@@ -301,7 +301,7 @@ def _grouping_without_numpy():
 
 def sampler_ms(sizes: Sizes) -> dict[str, dict[int, float]]:
     """Median ms of verify_trees for one request (the Llama-3 vocabulary), greedy and sampled."""
-    from vllm_nfoxhead.tree_verify import verify_trees
+    from vllm_nfoxhead.core.tree_verify import verify_trees
 
     cuda, dev, vocab = sizes.device == "cuda", sizes.device, sizes.cost_model["vocab"]
     out: dict[str, dict[int, float]] = {"greedy": {}, "sampled": {}}
@@ -360,8 +360,8 @@ def check_cost_table(check: Check, sizes: Sizes, out_dir: Path) -> None:
 
 
 def builder_choice(cost_path: Path) -> dict:
-    """`python -m vllm_nfoxhead.tree_builder --accuracies ... --cost-table cost_path`, in-process."""
-    from vllm_nfoxhead import tree_builder
+    """`python -m vllm_nfoxhead.tools.tree_builder --accuracies ... --cost-table cost_path`, in-process."""
+    from vllm_nfoxhead.tools import tree_builder
 
     heads = Path(__file__).resolve().parents[2] / "heads" / "smollm2-nfoxhead"
     accuracies = str(heads) if (heads / "config.json").is_file() else None

@@ -4,7 +4,7 @@
   check can never run the installed vLLM's code by accident (on the GPU
   machine there is none; in CI the CPU build is installed).
 * `load_unified_attention()`: the extracted kernel module. Under Triton's
-  interpreter one helper is re-jitted first (see vllm_nfoxhead/triton_interpret.py).
+  interpreter one helper is re-jitted first (see vllm_nfoxhead/tools/triton_interpret.py).
 * `plugin_vllm_imports()`: the plugin's GPU functions import vLLM lazily,
   inside their bodies. While this context is active exactly these imports
   resolve, without adding anything named vllm to sys.modules, so the plugin's
@@ -67,7 +67,7 @@ def load_unified_attention() -> ModuleType:
         if not isinstance(unified.kernel_unified_attention, InterpretedFunction):
             raise RuntimeError("TRITON_INTERPRET=1 but the kernel is not interpreted "
                                "(triton was imported before the variable was set)")
-        from vllm_nfoxhead.triton_interpret import interpretable
+        from vllm_nfoxhead.tools.triton_interpret import interpretable
 
         load_bias = interpretable(helpers.load_qq_bias_tile)
         helpers.load_qq_bias_tile = load_bias
@@ -84,7 +84,7 @@ def is_quantized_kv_cache(kv_cache_dtype: str) -> bool:
 @contextlib.contextmanager
 def plugin_vllm_imports() -> Iterator[None]:
     """Let the plugin's two lazy vLLM imports resolve to the extracted kernel (see module doc)."""
-    from vllm_nfoxhead.tree_verify import top_k_top_p
+    from vllm_nfoxhead.core.tree_verify import top_k_top_p
 
     unified = load_unified_attention()
     targets = {

@@ -19,11 +19,11 @@ import torch
 from check_common import Check, Sizes, chi_square_pvalue, compare, require
 from check_attention import tree_named
 
-from vllm_nfoxhead.acceptance import Acceptance, accept_greedy
-from vllm_nfoxhead.format import HeadsConfig
-from vllm_nfoxhead.heads import NFoxHeads
-from vllm_nfoxhead.tree import TreeBuffers, TreeDrafter
-from vllm_nfoxhead.tree_verify import verify_trees
+from vllm_nfoxhead.core.acceptance import Acceptance, accept_greedy
+from vllm_nfoxhead.core.format import HeadsConfig
+from vllm_nfoxhead.core.heads import NFoxHeads
+from vllm_nfoxhead.core.tree import TreeBuffers, TreeDrafter
+from vllm_nfoxhead.core.tree_verify import verify_trees
 
 FIELDS = ("accepted_nodes", "num_accepted", "bonus_token", "last_row", "tokens")
 
@@ -297,7 +297,7 @@ def check_sampler_step(check: Check, sizes: Sizes) -> None:
 
     from vllm_nfoxhead.integration.tree_sampler import TreeRejectionSampler
     from vllm_nfoxhead.integration.tree_step import TreeRequest, TreeStep, set_current_step
-    from vllm_nfoxhead.kv_compaction import compaction_pairs
+    from vllm_nfoxhead.core.kv_compaction import compaction_pairs
 
     device, vocab = sizes.device, sizes.vocab
     trees = {"A": tree_named("mc_sim_16"), "B": tree_named("wide_6")}

@@ -155,7 +155,7 @@ def plan(sizes, out_dir: Path, skip_cost: bool) -> list:
 
 
 def _stub_safetensors_if_missing() -> None:
-    """vllm_nfoxhead.heads imports format.py, which imports safetensors (only to read/write files,
+    """vllm_nfoxhead.core.heads imports format.py, which imports safetensors (only to read/write files,
     which no check does). If the GPU machine lacks it, stand-in modules let the import succeed."""
     try:
         import safetensors  # noqa: F401

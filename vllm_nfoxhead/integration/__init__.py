@@ -14,7 +14,7 @@ logger = logging.getLogger("vllm.nfoxhead")
 
 def register() -> None:
     """Entry point: enable `nfoxhead:HEADS_DIR` in every vLLM spelling."""
-    from .patches import SUPPORTED_VLLM, patch_engine_args, vllm_version
+    from vllm_nfoxhead.integration.patches import SUPPORTED_VLLM, patch_engine_args, vllm_version
 
     try:
         patch_engine_args()

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from .cpu_kv_layout import KVLayout, probe_layout, split_cache
-from .tree_step import TreeRequest, TreeStep
+from vllm_nfoxhead.integration.cpu_kv_layout import KVLayout, probe_layout, split_cache
+from vllm_nfoxhead.integration.tree_step import TreeRequest, TreeStep
 
 
 @functools.lru_cache(maxsize=16)

@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..format import DRAFT_VOCAB_KEY, HeadsConfig, head_key, read_heads_tensors
-from ..heads import ResidualStack
+from vllm_nfoxhead.core.format import DRAFT_VOCAB_KEY, HeadsConfig, head_key, read_heads_tensors
+from vllm_nfoxhead.core.heads import ResidualStack
 
 
 def _load_projection(head: nn.Module, weight: torch.Tensor) -> None:

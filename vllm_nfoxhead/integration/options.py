@@ -13,9 +13,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import NFoxHeadError
-from ..format import HeadsConfig, check_base_compat, validate_heads_dir
-from ..lookup import DEFAULT_LOOKUP
+from vllm_nfoxhead.core.errors import NFoxHeadError
+from vllm_nfoxhead.core.format import HeadsConfig, check_base_compat, validate_heads_dir
+from vllm_nfoxhead.core.lookup import DEFAULT_LOOKUP
 
 # A child of vLLM's own logger, so the lines appear wherever vLLM configures its logging.
 logger = logging.getLogger("vllm.nfoxhead")
@@ -296,7 +296,7 @@ def load_cost_table(value: Any) -> dict[str, float]:
     """A cost_table option (a verify_cost JSON file path, or the mapping itself), checked."""
     import json
 
-    from ..tree_builder import checked_costs
+    from vllm_nfoxhead.core.tree_search import checked_costs
 
     if isinstance(value, str):
         try:
@@ -304,7 +304,7 @@ def load_cost_table(value: Any) -> dict[str, float]:
                 value = json.load(f)
         except (OSError, json.JSONDecodeError) as exc:
             raise NFoxHeadError(f"cannot read cost_table {value} ({exc})",
-                                "write it with `python -m vllm_nfoxhead.verify_cost --model BASE --out cost.json`") from None
+                                "write it with `python -m vllm_nfoxhead.tools.verify_cost --model BASE --out cost.json`") from None
     return {str(n): c for n, c in checked_costs(value).items()}
 
 
@@ -313,6 +313,6 @@ def resolve_tree(tree: Any, num_heads: int) -> list[list[int]] | None:
     list of rank paths), checked against the heads."""
     if tree is None or tree == "chain":
         return None
-    from ..tree import parse_tree
+    from vllm_nfoxhead.core.tree import parse_tree
 
     return parse_tree(tree, num_heads=num_heads).to_list()

@@ -18,8 +18,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..errors import NFoxHeadError
-from .options import ADDITIONAL_CONFIG_KEY
+from vllm_nfoxhead.core.errors import NFoxHeadError
+from vllm_nfoxhead.integration.options import ADDITIONAL_CONFIG_KEY
 
 logger = logging.getLogger("vllm.nfoxhead")
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
-from ..errors import NFoxHeadError
-from .supported import SUPPORTED_VLLM, is_supported  # the one list of supported series
+from vllm_nfoxhead.core.errors import NFoxHeadError
+from vllm_nfoxhead.integration.supported import SUPPORTED_VLLM, is_supported  # the one list of supported series
 
 _MARK = "_nfoxhead_wrapped"
 
@@ -47,8 +47,8 @@ def patch_engine_args() -> None:
     """Config translation and the `--speculative-model` flag (front-end process)."""
     from vllm.engine.arg_utils import EngineArgs
 
-    from .options import translate_engine_args, validate_for_target
-    from .parallel import check_pipeline_parallel
+    from vllm_nfoxhead.integration.options import translate_engine_args, validate_for_target
+    from vllm_nfoxhead.integration.parallel import check_pipeline_parallel
     from vllm.platforms import current_platform
 
     # Wraps vllm.engine.arg_utils.EngineArgs.create_speculative_config: turn
@@ -98,14 +98,17 @@ def patch_engine_args() -> None:
     _wrap(EngineArgs, "add_cli_args", make_add, static=True)
 
 
-def patch_model_runner() -> None:
-    """Runner hooks for NFoxHead (worker process); applied when the proposer is built."""
+def patch_model_runner(proposer_cls: type) -> None:
+    """Runner hooks for NFoxHead (worker process); applied when the proposer is built.
+
+    `proposer_cls` is the proposer class whose instances the hooks serve (passed in
+    by the proposer itself, so this module does not import it).
+    """
     check_supported_vllm()
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
-    from .proposer import NFoxHeadProposer
-    from .tree_sampler import TreeRejectionSampler
-    from .tree_step import build_step, set_current_step
+    from vllm_nfoxhead.integration.tree_sampler import TreeRejectionSampler
+    from vllm_nfoxhead.integration.tree_step import build_step, set_current_step
 
     # Wraps GPUModelRunner.propose_draft_token_ids (CPUModelRunner inherits it):
     # vLLM's custom_class call passes no hidden states, so the proposer first gets,
@@ -116,7 +119,7 @@ def patch_model_runner() -> None:
                                     hidden_states, sample_hidden_states, aux_hidden_states,
                                     spec_decode_metadata, *args, **kwargs):
             drafter = getattr(self, "drafter", None)
-            if isinstance(drafter, NFoxHeadProposer) and isinstance(sampled_token_ids, list):
+            if isinstance(drafter, proposer_cls) and isinstance(sampled_token_ids, list):
                 drafter.set_step_inputs(self, scheduler_output, sample_hidden_states,
                                         sampled_token_ids, spec_decode_metadata)
             return orig(self, scheduler_output, sampled_token_ids, sampling_metadata,
@@ -132,7 +135,7 @@ def patch_model_runner() -> None:
         def _prepare_inputs(self, scheduler_output, *args, **kwargs):
             result = orig(self, scheduler_output, *args, **kwargs)
             drafter = getattr(self, "drafter", None)
-            if isinstance(drafter, NFoxHeadProposer) and drafter.tree is not None:
+            if isinstance(drafter, proposer_cls) and drafter.tree is not None:
                 if not isinstance(self.rejection_sampler, TreeRejectionSampler):
                     self.rejection_sampler = TreeRejectionSampler(self.rejection_sampler, drafter.options)
                 step = build_step(self, scheduler_output, drafter.tree_of)
@@ -167,8 +170,8 @@ def patch_cpu_attention() -> None:
         return
     from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackendImpl
 
-    from .cpu_tree_attention import fix_tree_rows
-    from .tree_step import current_step
+    from vllm_nfoxhead.integration.cpu_tree_attention import fix_tree_rows
+    from vllm_nfoxhead.integration.tree_step import current_step
 
     def make(orig: Callable[..., Any]) -> Callable[..., Any]:
         def forward(self, layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs):
@@ -247,8 +250,8 @@ def patch_triton_attention() -> None:
     from vllm.v1.kv_cache_interface import is_quantized_kv_cache  # noqa: F401
     from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p  # noqa: F401
 
-    from .tree_step import current_step
-    from .triton_tree_attention import fix_tree_rows_triton
+    from vllm_nfoxhead.integration.tree_step import current_step
+    from vllm_nfoxhead.integration.triton_tree_attention import fix_tree_rows_triton
 
     def make(orig: Callable[..., Any]) -> Callable[..., Any]:
         def forward(self, layer, query, key, value, kv_cache, attn_metadata, output,

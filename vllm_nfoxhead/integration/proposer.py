@@ -26,17 +26,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..drafting import ChainDrafter
-from ..tree import Tree, TreeDrafter, parse_tree
-from ..errors import NFoxHeadError
-from ..format import validate_heads_dir
-from ..lookup import lookup_draft
-from ..dtype_choice import cpu_bf16_native
-from ..load_policy import DraftShape, LoadPolicy, cpu_defaults
-from ..rate_tuner import HEADS, LOOKUP, TREE, RateTuner
-from .options import NFoxHeadOptions, tree_backend_ok
-from .rank_sync import RankSync
-from .tree_step import current_step, set_current_step
+from vllm_nfoxhead.core.drafting import ChainDrafter
+from vllm_nfoxhead.core.tree import Tree, TreeDrafter, parse_tree
+from vllm_nfoxhead.core.errors import NFoxHeadError
+from vllm_nfoxhead.core.format import validate_heads_dir
+from vllm_nfoxhead.core.lookup import lookup_draft
+from vllm_nfoxhead.core.dtype_choice import cpu_bf16_native
+from vllm_nfoxhead.core.load_policy import DraftShape, LoadPolicy, cpu_defaults
+from vllm_nfoxhead.core.rate_tuner import HEADS, LOOKUP, TREE, RateTuner
+from vllm_nfoxhead.integration.options import NFoxHeadOptions, tree_backend_ok
+from vllm_nfoxhead.integration.patches import patch_model_runner
+from vllm_nfoxhead.integration.rank_sync import RankSync
+from vllm_nfoxhead.integration.tree_step import current_step, set_current_step
 
 # A child of vLLM's own logger, so the lines appear wherever vLLM configures its logging.
 logger = logging.getLogger("vllm.nfoxhead")
@@ -46,8 +47,6 @@ class NFoxHeadProposer:
     """Drafts tokens from the target's last hidden state with NFoxHead heads."""
 
     def __init__(self, vllm_config: Any) -> None:
-        from .patches import patch_model_runner
-
         spec = vllm_config.speculative_config
         self.options = NFoxHeadOptions.from_additional_config(vllm_config.additional_config)
         self.heads_config = readable_heads(self.options.heads_dir)
@@ -74,7 +73,7 @@ class NFoxHeadProposer:
         self._wants_tree: list[bool] = []
         self._req_ids: list[str] = []
         self.tree_of: dict[str, Tree] = {}  # req_id -> tree of its last draft (absent: chain)
-        patch_model_runner()
+        patch_model_runner(NFoxHeadProposer)
 
     @staticmethod
     def _tree_if_supported(vllm_config: Any, paths: list[list[int]]) -> TreeDrafter | None:
@@ -104,7 +103,7 @@ class NFoxHeadProposer:
                           lookup=self.lookup > 0 and self.options.load_policy == "auto")
 
     def load_model(self, target_model: nn.Module) -> None:
-        from .heads_vllm import VllmNFoxHeads
+        from vllm_nfoxhead.integration.heads_vllm import VllmNFoxHeads
 
         device = next(target_model.parameters()).device
         heads = VllmNFoxHeads(self.heads_config, target_model, self.dtype).to(device)

@@ -21,14 +21,14 @@ from typing import Any
 
 import torch
 
-from ..acceptance import Acceptance, accept_greedy_ids
-from ..kv_compaction import compaction_pairs
-from ..tree import TreeBuffers
-from ..tree_verify import GREEDY_EPS, TopKTopP, top_k_top_p, verify_trees
-from .cpu_kv_layout import split_cache
-from .cpu_tree_attention import layout_for
-from .options import NFoxHeadOptions
-from .tree_step import TreeRequest, TreeStep, current_step
+from vllm_nfoxhead.core.acceptance import Acceptance, accept_greedy_ids
+from vllm_nfoxhead.core.kv_compaction import compaction_pairs
+from vllm_nfoxhead.core.tree import TreeBuffers
+from vllm_nfoxhead.core.tree_verify import GREEDY_EPS, TopKTopP, top_k_top_p, verify_trees
+from vllm_nfoxhead.integration.cpu_kv_layout import split_cache
+from vllm_nfoxhead.integration.cpu_tree_attention import layout_for
+from vllm_nfoxhead.integration.options import NFoxHeadOptions
+from vllm_nfoxhead.integration.tree_step import TreeRequest, TreeStep, current_step
 
 
 @dataclass
@@ -231,7 +231,7 @@ def compact_kv_cpu(step: TreeStep, src: torch.Tensor, dst: torch.Tensor) -> None
 
 def compact_kv_triton(step: TreeStep, src: torch.Tensor, dst: torch.Tensor) -> None:
     """Triton backend: each distinct [num_blocks, H_kv, block_size, 2*D] cache once."""
-    from .triton_tree_attention import compact_kv_paged
+    from vllm_nfoxhead.integration.triton_tree_attention import compact_kv_paged
 
     for _layer, _impl, kv_cache in distinct_caches(step):
         compact_kv_paged(kv_cache, src, dst, kv_cache.shape[2])

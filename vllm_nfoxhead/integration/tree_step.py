@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..tree import Tree, TreeBuffers
+from vllm_nfoxhead.core.tree import Tree, TreeBuffers
 
 
 @dataclass

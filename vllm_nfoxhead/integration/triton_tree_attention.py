@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .tree_step import TreeRequest, TreeStep
+from vllm_nfoxhead.integration.tree_step import TreeRequest, TreeStep
 
 # Rows of zeros appended below the tree bias. The kernel computes the bias row
 # pointer of every row of a query block (BLOCK_Q rows, at most 32 in vLLM

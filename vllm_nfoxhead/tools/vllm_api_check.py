@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..integration.supported import API_CHECK_WHEELS
+from vllm_nfoxhead.integration.supported import API_CHECK_WHEELS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_WHEEL_DIR = REPO_ROOT / ".cache" / "vllm-wheels"

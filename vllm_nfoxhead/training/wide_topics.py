@@ -1,16 +1,16 @@
 """Train-only topic pools that widen the generated training prompts.
 
 Written by hand for this project (Apache-2.0, like the rest of it; taken from no
-public dataset). `python -m vllm_nfoxhead.prompts --wide N` draws on these pools
+public dataset). `python -m vllm_nfoxhead.training.prompts --wide N` draws on these pools
 to spread the training prompts over more topics than the main pools of
-`vllm_nfoxhead.prompts` hold. Each tuple here has the same element shape as the
+`vllm_nfoxhead.training.prompts` hold. Each tuple here has the same element shape as the
 main pool it widens (see WIDE_POOLS at the end) and reads naturally in every
 template that uses that pool.
 
 None of these items overlaps the bench share of the main pools: no item repeats
 a main-pool item, and none is about the subject of a bench-only item or a close
 paraphrase of one. Nor does any contain text from public LLM benchmarks
-(FORBIDDEN_PHRASES in `vllm_nfoxhead.prompts`).
+(FORBIDDEN_PHRASES in `vllm_nfoxhead.training.prompts`).
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ..errors import NFoxHeadError
-from .methods import Method
+from vllm_nfoxhead.core.errors import NFoxHeadError
+from vllm_nfoxhead.tools.bench.methods import Method
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Time one tree-verification sampling step (TreeRejectionSampler) on synthetic logits.
 
-    python -m vllm_nfoxhead.bench.tree_sampler [--vocab 49152] [--tree 32] [--batch 1 4 16]
+    python -m vllm_nfoxhead.tools.bench.tree_sampler [--vocab 49152] [--tree 32] [--batch 1 4 16]
 
 The batch is B tree requests drafting the same tree (greedy, then sampled at
 temperature 0.8 / top-p 0.9), with vLLM's own RejectionSampler inside, as in the
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from vllm.platforms import current_platform
 
-    from vllm_nfoxhead.tree import parse_tree
+    from vllm_nfoxhead.core.tree import parse_tree
 
     current_platform.register_triton_kernel_overrides()  # as a CPU worker does at start-up
     torch.set_num_threads(args.threads)

@@ -17,8 +17,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .errors import NFoxHeadError
-from .staging import staged_directory
+from vllm_nfoxhead.core.errors import NFoxHeadError
+from vllm_nfoxhead.core.staging import staged_directory
 
 FORMAT_NAME = "nfoxhead"
 FORMAT_VERSION = 1
@@ -234,7 +234,7 @@ def check_draft_vocab(ids: torch.Tensor, config: HeadsConfig, where: object) -> 
     if not ok:
         raise NFoxHeadError(f"{where}: draft_vocab is not a sorted list of distinct int64 token ids "
                             f"below {config.vocab_size}",
-                            "re-create the heads with `python -m vllm_nfoxhead.train`")
+                            "re-create the heads with `python -m vllm_nfoxhead.training.train`")
 
 
 def save_heads(

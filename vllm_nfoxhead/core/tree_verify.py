@@ -24,8 +24,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from vllm_nfoxhead.acceptance import Acceptance, accept_greedy, accept_sampling, accept_typical
-from vllm_nfoxhead.tree import TreeBuffers
+from vllm_nfoxhead.core.acceptance import Acceptance, accept_greedy, accept_sampling, accept_typical
+from vllm_nfoxhead.core.tree import TreeBuffers
 
 GREEDY_EPS = 1e-5  # vLLM's threshold below which a temperature means greedy
 

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .methods import Method
-from .runner import RunResult
+from vllm_nfoxhead.tools.bench.methods import Method
+from vllm_nfoxhead.tools.bench.runner import RunResult
 
 
 def rows(results: list[RunResult], methods: list[Method]) -> list[dict[str, Any]]:

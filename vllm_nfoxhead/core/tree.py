@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import torch
 
-from vllm_nfoxhead.drafting import HeadStep
-from vllm_nfoxhead.errors import NFoxHeadError
-from vllm_nfoxhead.tree_presets import PRESETS
+from vllm_nfoxhead.core.drafting import HeadStep
+from vllm_nfoxhead.core.errors import NFoxHeadError
+from vllm_nfoxhead.core.tree_presets import PRESETS
 
 # vLLM caps drafted tokens per request at MAX_SPEC_LEN = 128; a tree may not exceed it.
 MAX_TREE_NODES = 128

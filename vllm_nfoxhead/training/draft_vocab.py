@@ -1,4 +1,4 @@
-"""python -m vllm_nfoxhead.draft_vocab: shrink the draft vocabulary of trained heads.
+"""python -m vllm_nfoxhead.training.draft_vocab: shrink the draft vocabulary of trained heads.
 
 Token-conditioned heads with a draft vocabulary project each head state onto
 those rows of the LM head only. On a CPU that projection is a memory-bound
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import NFoxHeadError
-from .format import DRAFT_VOCAB_KEY, read_heads_tensors, save_heads, validate_heads_dir
-from .training import read_sequences
+from vllm_nfoxhead.core.errors import NFoxHeadError
+from vllm_nfoxhead.core.format import DRAFT_VOCAB_KEY, read_heads_tensors, save_heads, validate_heads_dir
+from vllm_nfoxhead.training.trainer import read_sequences
 
 
 def answer_token_counts(data: Sequence[str | os.PathLike[str]]) -> collections.Counter[int]:
@@ -71,7 +71,7 @@ def shrink_draft_vocab(heads: str | os.PathLike[str], data: Sequence[str | os.Pa
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m vllm_nfoxhead.draft_vocab", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m vllm_nfoxhead.training.draft_vocab", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("heads", type=Path, help="token-conditioned heads directory to read")
     p.add_argument("--data", type=Path, nargs="+", required=True,

@@ -12,7 +12,7 @@ no duplicates and nothing lost.
 
 CLI (engine creation sits under ``__main__``: vLLM spawns its engine process):
 
-    python -m vllm_nfoxhead.datagen --model DIR --prompts data/prompts/train.jsonl \
+    python -m vllm_nfoxhead.training.datagen --model DIR --prompts data/prompts/train.jsonl \
         --output data/distill.jsonl [--max-tokens 256] [--temperature 0] \
         [--batch-size 64] [--limit N] [--gpu-memory-utilization 0.3]
 """
@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from .errors import NFoxHeadError
+from vllm_nfoxhead.core.errors import NFoxHeadError
 
 PROMPT_FIELDS = ("id", "prompt")
 RECORD_FIELDS = ("id", "prompt", "response", "prompt_token_ids", "response_token_ids")
@@ -219,10 +219,10 @@ def _answer(llm: Any, params: Any, tokenizer: Any, batch: Sequence[dict[str, Any
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m vllm_nfoxhead.datagen",
+        prog="python -m vllm_nfoxhead.training.datagen",
         description="Answer prompts with the base model through vLLM (self-distillation data). Resumable.",
     )
-    parser.add_argument("--model", required=True, help="base model directory (e.g. from python -m vllm_nfoxhead.smollm2)")
+    parser.add_argument("--model", required=True, help="base model directory (e.g. from python -m vllm_nfoxhead.models.smollm2)")
     parser.add_argument("--prompts", required=True, help="prompt JSONL: {id, prompt[, category]} per line")
     parser.add_argument("--output", required=True, help="output JSONL; appended to and resumed if it exists")
     parser.add_argument("--max-tokens", type=int, default=256, help="max answer length in tokens (default 256)")

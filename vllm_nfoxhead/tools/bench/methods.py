@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..format import read_heads_tensors, validate_heads_dir
+from vllm_nfoxhead.core.format import read_heads_tensors, validate_heads_dir
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def tree_method_name(tree: Any) -> str:
     """'nfoxhead-tree:PRESET', or 'nfoxhead-tree(N)' for an explicit N-node tree."""
     if isinstance(tree, str) and not tree.lstrip().startswith("["):
         return f"nfoxhead-tree:{tree}"
-    from ..tree import parse_tree
+    from vllm_nfoxhead.core.tree import parse_tree
 
     return f"nfoxhead-tree({parse_tree(tree).num_nodes})"
 

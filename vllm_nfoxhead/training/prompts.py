@@ -12,7 +12,7 @@ is reserved for the bench. A bench prompt therefore never shares its
 topic with a train prompt. Exact-text disjointness and the absence of known
 benchmark phrases are checked again after generation.
 
-CLI:  python -m vllm_nfoxhead.prompts --out data/prompts [--train 2400] [--bench 80] [--seed 0]
+CLI:  python -m vllm_nfoxhead.training.prompts --out data/prompts [--train 2400] [--bench 80] [--seed 0]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from .errors import NFoxHeadError
+from vllm_nfoxhead.core.errors import NFoxHeadError
 
 T = TypeVar("T")
 SPLITS = ("train", "bench")
@@ -119,7 +119,7 @@ class WidePicker(Picker):
     """
 
     def __init__(self, rng: random.Random) -> None:
-        from .wide_topics import WIDE_POOLS
+        from vllm_nfoxhead.training.wide_topics import WIDE_POOLS
 
         super().__init__(rng, "train")
         self.extra = {id(globals()[name]): pool for name, pool in WIDE_POOLS.items()}
@@ -980,7 +980,7 @@ def build_wide(out_dir: Path, wide: int, train: int = 2400, bench: int = 80, see
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m vllm_nfoxhead.prompts",
+        prog="python -m vllm_nfoxhead.training.prompts",
         description="Write the generated train/bench prompt sets (deterministic).",
     )
     parser.add_argument("--out", default="data/prompts", help="output directory")

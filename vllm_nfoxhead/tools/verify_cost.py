@@ -3,10 +3,10 @@
 A tree of N nodes makes the model score N+1 tokens per step. On a GPU that is
 nearly free up to a large N; on a small CPU it is not (here 64 tokens cost
 about 2.3 plain steps), so the best tree size depends on the hardware. This
-writes the cost table that `python -m vllm_nfoxhead.tree_builder --cost-table`
+writes the cost table that `python -m vllm_nfoxhead.tools.tree_builder --cost-table`
 turns into a tree size.
 
-    python -m vllm_nfoxhead.verify_cost --model DIR --out cost.json
+    python -m vllm_nfoxhead.tools.verify_cost --model DIR --out cost.json
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .dtype_choice import AUTO_HELP, DTYPE_CHOICES, resolve_dtype
+from vllm_nfoxhead.core.dtype_choice import AUTO_HELP, DTYPE_CHOICES, resolve_dtype
 
 DEFAULT_SIZES = (1, 2, 4, 8, 16, 32, 64)
 
@@ -54,7 +54,7 @@ def measure_cost(model_dir: str | Path, sizes: tuple[int, ...] = DEFAULT_SIZES, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m vllm_nfoxhead.verify_cost", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m vllm_nfoxhead.tools.verify_cost", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="base model directory (transformers checkpoint)")
     p.add_argument("--out", required=True, type=Path, help="cost table JSON to write ({\"N\": cost})")

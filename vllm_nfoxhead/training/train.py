@@ -1,6 +1,6 @@
 """CLI: train NFoxHead heads on self-distilled answers.
 
-    python -m vllm_nfoxhead.train --model DIR --data distill.jsonl [more.jsonl ...] --output HEADS_DIR \
+    python -m vllm_nfoxhead.training.train --model DIR --data distill.jsonl [more.jsonl ...] --output HEADS_DIR \
         [--num-heads 4] [--num-layers 1] [--shared-lm-head | --own-lm-head] [--epochs 1] \
         [--lr 1e-3] [--decay 0.8] [--batch-size 512] [--max-len 1024] [--device auto] [--seed 0] \
         [--conditioning tokens|none] [--train-vocab seen|full] [--distill 0.5] [--eval-data other.jsonl]
@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from .dtype_choice import AUTO_HELP, DTYPE_CHOICES, fast_dtype, resolve_dtype
-from .errors import NFoxHeadError
-from .format import check_base_compat, validate_heads_dir
-from .smollm2 import CACHE_ENV
-from .training import (
+from vllm_nfoxhead.core.dtype_choice import AUTO_HELP, DTYPE_CHOICES, fast_dtype, resolve_dtype
+from vllm_nfoxhead.core.errors import NFoxHeadError
+from vllm_nfoxhead.core.format import check_base_compat, validate_heads_dir
+from vllm_nfoxhead.models.smollm2 import CACHE_ENV
+from vllm_nfoxhead.training.trainer import (
     Dataset, TrainConfig, cache_key, cached_hidden_states, data_summary, embed_weight, evaluate,
     join_sequences, Sequences, lm_head_weight, load_base, metrics_json, pick_device, read_sequences, save_trained,
     seed_everything, train_heads,
@@ -40,10 +40,10 @@ def default_cache_dir() -> Path:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     d = TrainConfig()
-    p = argparse.ArgumentParser(prog="python -m vllm_nfoxhead.train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m vllm_nfoxhead.training.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="base model directory (transformers checkpoint)")
     p.add_argument("--data", required=True, nargs="+",
-                   help="one or more JSONL files from `python -m vllm_nfoxhead.datagen`, trained on together "
+                   help="one or more JSONL files from `python -m vllm_nfoxhead.training.datagen`, trained on together "
                         "(hidden states are cached per file, so adding a file reuses the others' cache)")
     p.add_argument("--output", required=True, help="heads directory to write")
     p.add_argument("--force", action="store_true", help="replace --output if it exists")

@@ -24,16 +24,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .errors import NFoxHeadError
-from .tree_builder import Accuracies, checked_costs, expected_accept
+from vllm_nfoxhead.core.errors import NFoxHeadError
+from vllm_nfoxhead.core.tree_search import Accuracies, checked_costs, expected_accept
 
-# Measured on 2026-11-29 with `python -m vllm_nfoxhead.verify_cost --sizes 1 2 4 8 12 16 24 32
+# Measured on 2026-11-29 with `python -m vllm_nfoxhead.tools.verify_cost --sizes 1 2 4 8 12 16 24 32
 # 64 128 --repeats 21` for SmolLM2-135M (bf16) on a 2-core x86 CPU with AVX512-BF16 (N drafts ->
 # cost of scoring N+1 tokens); used on CPUs with native bf16 when no cost table is given.
 # Measure yours: it is hardware-bound.
 CPU_DEFAULT_COST: dict[int, float] = {1: 1.04, 2: 1.10, 4: 1.15, 8: 1.24, 12: 1.30, 16: 1.44,
                                       24: 1.61, 32: 1.99, 64: 3.05, 128: 4.96}
-# Measured on 2026-11-29 with `python -m vllm_nfoxhead.bench --num-prompts 10 --concurrency 1`:
+# Measured on 2026-11-29 with `python -m vllm_nfoxhead.tools.bench --num-prompts 10 --concurrency 1`:
 # an 11-node tree step of the shipped heads took 2.4 plain steps where the table above
 # predicts 1.28 for its 12 tokens (the chain's step matched the table: 1.15). On CPU the
 # tree's mask fix-up recomputes attention over the whole prefix per layer and request.
@@ -90,7 +90,7 @@ class LoadPolicy:
         costs = {n + 1: c for n, c in checked_costs(cost_per_drafts).items() if n >= 1}
         if not costs:
             raise NFoxHeadError("the cost table has no entry for N >= 1 drafts",
-                                "write one with `python -m vllm_nfoxhead.verify_cost --model BASE --out cost.json`")
+                                "write one with `python -m vllm_nfoxhead.tools.verify_cost --model BASE --out cost.json`")
         self._points = [(1, 1.0)] + sorted(costs.items())
         self._memo: dict[int, DraftShape] = {}
 
