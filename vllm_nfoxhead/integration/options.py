@@ -8,7 +8,6 @@ which vLLM hands unchanged to every worker.
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -16,9 +15,7 @@ from typing import Any
 from vllm_nfoxhead.core.errors import NFoxHeadError
 from vllm_nfoxhead.core.format import HeadsConfig, check_base_compat, validate_heads_dir
 from vllm_nfoxhead.core.lookup import DEFAULT_LOOKUP
-
-# A child of vLLM's own logger, so the lines appear wherever vLLM configures its logging.
-logger = logging.getLogger("vllm.nfoxhead")
+from vllm_nfoxhead.integration import logger
 
 PREFIX = "nfoxhead:"
 PROPOSER_PATH = "vllm_nfoxhead.integration.proposer.NFoxHeadProposer"
@@ -54,6 +51,7 @@ class NFoxHeadOptions:
 
     @classmethod
     def from_additional_config(cls, additional_config: Any) -> "NFoxHeadOptions":
+        """The options the front end stored under additional_config["nfoxhead"]."""
         opts = (additional_config or {}).get(ADDITIONAL_CONFIG_KEY)
         if not opts or "heads_dir" not in opts:
             raise NFoxHeadError(
@@ -65,6 +63,7 @@ class NFoxHeadOptions:
 
 
 def is_nfoxhead_model(model: Any) -> bool:
+    """Whether a speculative model setting names NFoxHead heads (`nfoxhead:HEADS_DIR`)."""
     return isinstance(model, str) and model.startswith(PREFIX)
 
 
@@ -127,6 +126,28 @@ def validate_for_target(args: Any, hidden_size: int, vocab_size: int, base: str,
     cache its verification cannot read falls back to a chain, with one warning.
     """
     opts = NFoxHeadOptions.from_additional_config(args.additional_config)
+    check_option_values(opts)
+    config = validate_heads_dir(opts.heads_dir)
+    check_base_compat(config, hidden_size, vocab_size, base)
+    plugin_config = args.additional_config[ADDITIONAL_CONFIG_KEY]
+    if opts.cost_table is not None:
+        plugin_config["cost_table"] = load_cost_table(opts.cost_table)
+    spec = args.speculative_config
+    tree = tree_for_engine(args, opts, config, target_model_config)
+    plugin_config["tree"] = tree
+    if tree is not None:
+        spec["num_speculative_tokens"] = len(tree)
+        gpu_tree_settings(args)
+        return config
+    num_tokens = chain_num_tokens(spec.get("num_speculative_tokens"), config, opts)
+    # num_tokens bounds every draft (vLLM's budget); the heads draft at most one token each.
+    plugin_config["chain_tokens"] = min(num_tokens, config.num_heads)
+    spec["num_speculative_tokens"] = num_tokens
+    return config
+
+
+def check_option_values(opts: NFoxHeadOptions) -> None:
+    """The plugin keys of --speculative-config that take a fixed set or range of values."""
     if opts.acceptance not in ACCEPTANCE_MODES:
         raise NFoxHeadError(f"unknown acceptance {opts.acceptance!r}",
                             f"use one of {', '.join(ACCEPTANCE_MODES)} ('exact' is lossless)")
@@ -140,46 +161,47 @@ def validate_for_target(args: Any, hidden_size: int, vocab_size: int, base: str,
             or opts.rank_check_interval < 0:
         raise NFoxHeadError(f"rank_check_interval must be a non-negative integer, got {opts.rank_check_interval!r}",
                             "use the number of steps between tensor-parallel draft checks (0 = off)")
-    config = validate_heads_dir(opts.heads_dir)
-    check_base_compat(config, hidden_size, vocab_size, base)
-    if opts.cost_table is not None:
-        args.additional_config[ADDITIONAL_CONFIG_KEY]["cost_table"] = load_cost_table(opts.cost_table)
+
+
+def tree_for_engine(args: Any, opts: NFoxHeadOptions, config: HeadsConfig,
+                    target_model_config: Any = None) -> list[list[int]] | None:
+    """The tree this engine drafts (rank paths: the option's tree, else the heads' default),
+    or None for a chain. A tree this engine cannot verify exactly (tree_problem) becomes a
+    chain with one warning, and the num_speculative_tokens that followed it is dropped."""
     spec = args.speculative_config
     tree = resolve_tree(opts.tree if opts.tree is not None else config.tree, config.num_heads)
-    k = spec.get("num_speculative_tokens")
-    if tree is not None and k is not None and k != len(tree):
+    num_tokens = spec.get("num_speculative_tokens")
+    if tree is not None and num_tokens is not None and num_tokens != len(tree):
         raise NFoxHeadError(
-            f"num_speculative_tokens={k} but the tree has {len(tree)} nodes",
+            f"num_speculative_tokens={num_tokens} but the tree has {len(tree)} nodes",
             "leave num_speculative_tokens out (it follows the tree) or set it to the tree size",
         )
     if tree is not None and (problem := tree_problem(args, target_model_config)):
         logger.warning("NFoxHead: tree verification does not support %s; drafting a chain instead. Fix: %s",
                        *problem)
-        tree, k = None, None  # k followed the tree; the chain takes its own default
-        spec.pop("num_speculative_tokens", None)
-    args.additional_config[ADDITIONAL_CONFIG_KEY]["tree"] = tree
-    if tree is not None:
-        spec["num_speculative_tokens"] = len(tree)
-        gpu_tree_settings(args)
-        return config
-    if k is None:  # one token per head, or a full lookup draft if that is longer
-        k = max(config.num_heads, opts.lookup)
-    elif not isinstance(k, int) or k < 1:
-        raise NFoxHeadError(
-            f"num_speculative_tokens must be a positive integer, got {k!r}",
-            f"use 1..{max(config.num_heads, opts.lookup)}",
-        )
-    elif k > max(config.num_heads, opts.lookup):
-        raise NFoxHeadError(
-            f"num_speculative_tokens={k} but {opts.heads_dir} has only {config.num_heads} heads "
-            f"(a chain drafts one token per head) and lookup drafts at most {opts.lookup}",
-            f"use num_speculative_tokens <= {max(config.num_heads, opts.lookup)}, or raise \"lookup\"",
-        )
-    # k bounds every draft (vLLM's budget); the heads draft at most one token each.
-    args.additional_config[ADDITIONAL_CONFIG_KEY]["chain_tokens"] = min(k, config.num_heads)
-    spec["num_speculative_tokens"] = k
-    return config
+        spec.pop("num_speculative_tokens", None)  # it followed the tree; the chain takes its own default
+        return None
+    return tree
 
+
+def chain_num_tokens(num_tokens: Any, config: HeadsConfig, opts: NFoxHeadOptions) -> int:
+    """num_speculative_tokens of a chain: the user's value (None: one token per head, or a
+    full lookup draft if that is longer), checked against what heads and lookup can draft."""
+    most = max(config.num_heads, opts.lookup)
+    if num_tokens is None:
+        return most
+    if not isinstance(num_tokens, int) or num_tokens < 1:
+        raise NFoxHeadError(
+            f"num_speculative_tokens must be a positive integer, got {num_tokens!r}",
+            f"use 1..{most}",
+        )
+    if num_tokens > most:
+        raise NFoxHeadError(
+            f"num_speculative_tokens={num_tokens} but {opts.heads_dir} has only {config.num_heads} heads "
+            f"(a chain drafts one token per head) and lookup drafts at most {opts.lookup}",
+            f"use num_speculative_tokens <= {most}, or raise \"lookup\"",
+        )
+    return num_tokens
 
 
 def kv_cache_dtype(args: Any, target_model_config: Any = None) -> str:

@@ -8,15 +8,20 @@ only on a vLLM version listed in SUPPORTED_VLLM.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from vllm_nfoxhead.core.errors import NFoxHeadError
 from vllm_nfoxhead.integration.supported import SUPPORTED_VLLM, is_supported  # the one list of supported series
+
+if TYPE_CHECKING:
+    from vllm_nfoxhead.core.tree import Tree
+    from vllm_nfoxhead.integration.options import NFoxHeadOptions
 
 _MARK = "_nfoxhead_wrapped"
 
 
 def vllm_version() -> str:
+    """The installed vLLM's version string ("unknown" if it has none)."""
     import vllm
 
     return str(getattr(vllm, "__version__", "unknown"))
@@ -34,6 +39,10 @@ def check_supported_vllm() -> None:
 
 def _wrap(owner: Any, name: str, make: Callable[[Callable[..., Any]], Callable[..., Any]],
           static: bool = False) -> None:
+    """Replace `owner.name` (owner's own, not inherited) by `make(original)`, once per process.
+
+    static: the attribute is a staticmethod and stays one.
+    """
     original = owner.__dict__[name]
     inner = original.__func__ if isinstance(original, staticmethod) else original
     if getattr(inner, _MARK, False):
@@ -73,29 +82,32 @@ def patch_engine_args() -> None:
 
         return create_speculative_config
 
-    # Wraps vllm.engine.arg_utils.EngineArgs.add_cli_args: older vLLM's
-    # --speculative-model / --num-speculative-tokens as aliases of
-    # --spec-model / --spec-tokens.
+    # Wraps vllm.engine.arg_utils.EngineArgs.add_cli_args: older vLLM's flag names as aliases.
     def make_add(orig: Callable[..., Any]) -> Callable[..., Any]:
         def add_cli_args(parser):
-            parser = orig(parser)
-            group = parser.add_argument_group("NFoxHead speculative decoding (vllm-nfoxhead)")
-            group.add_argument(
-                "--speculative-model", dest="spec_model", default=None,
-                help="Alias of --spec-model. 'nfoxhead:HEADS_DIR' speculates with "
-                     "the NFoxHead heads in HEADS_DIR.",
-            )
-            group.add_argument(
-                "--num-speculative-tokens", dest="spec_tokens", type=int, default=None,
-                help="Alias of --spec-tokens: tokens drafted per step "
-                     "(NFoxHead default: one per head).",
-            )
-            return parser
+            return add_alias_flags(orig(parser))
 
         return add_cli_args
 
     _wrap(EngineArgs, "create_speculative_config", make_create)
     _wrap(EngineArgs, "add_cli_args", make_add, static=True)
+
+
+def add_alias_flags(parser: Any) -> Any:
+    """Older vLLM's --speculative-model / --num-speculative-tokens as aliases of
+    --spec-model / --spec-tokens, on vLLM's own parser (returned, as add_cli_args does)."""
+    group = parser.add_argument_group("NFoxHead speculative decoding (vllm-nfoxhead)")
+    group.add_argument(
+        "--speculative-model", dest="spec_model", default=None,
+        help="Alias of --spec-model. 'nfoxhead:HEADS_DIR' speculates with "
+             "the NFoxHead heads in HEADS_DIR.",
+    )
+    group.add_argument(
+        "--num-speculative-tokens", dest="spec_tokens", type=int, default=None,
+        help="Alias of --spec-tokens: tokens drafted per step "
+             "(NFoxHead default: one per head).",
+    )
+    return parser
 
 
 def patch_model_runner(proposer_cls: type) -> None:
@@ -106,9 +118,6 @@ def patch_model_runner(proposer_cls: type) -> None:
     """
     check_supported_vllm()
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
-
-    from vllm_nfoxhead.integration.tree_sampler import TreeRejectionSampler
-    from vllm_nfoxhead.integration.tree_step import build_step, set_current_step
 
     # Wraps GPUModelRunner.propose_draft_token_ids (CPUModelRunner inherits it):
     # vLLM's custom_class call passes no hidden states, so the proposer first gets,
@@ -136,16 +145,7 @@ def patch_model_runner(proposer_cls: type) -> None:
             result = orig(self, scheduler_output, *args, **kwargs)
             drafter = getattr(self, "drafter", None)
             if isinstance(drafter, proposer_cls) and drafter.tree is not None:
-                if not isinstance(self.rejection_sampler, TreeRejectionSampler):
-                    self.rejection_sampler = TreeRejectionSampler(self.rejection_sampler, drafter.options)
-                step = build_step(self, scheduler_output, drafter.tree_of)
-                if step.requests and self.compilation_config.cudagraph_mode.has_full_cudagraphs():
-                    raise RuntimeError(
-                        "NFoxHead: tree verification needs cudagraph_mode PIECEWISE (FULL CUDA graphs "
-                        "replay attention without the tree mask). Fix: pass "
-                        "compilation_config={'cudagraph_mode': 'PIECEWISE'}, or drop 'tree' to use "
-                        "chain drafting.")
-                set_current_step(step)
+                start_tree_step(self, scheduler_output, drafter.tree_of, drafter.options)
             return result
 
         return _prepare_inputs
@@ -155,6 +155,28 @@ def patch_model_runner(proposer_cls: type) -> None:
     patch_cpu_attention()
     patch_cpu_expand()
     patch_triton_attention()
+
+
+def start_tree_step(runner: Any, scheduler_output: Any, tree_of: dict[str, Tree],
+                    options: NFoxHeadOptions) -> None:
+    """Publish this step's tree layout (tree_step.build_step) to the attention override and the
+    sampler, installing the tree sampler on first use; after vLLM's _prepare_inputs.
+
+    tree_of: req_id -> the tree its last draft filled (absent: a chain).
+    """
+    from vllm_nfoxhead.integration.tree_sampler import TreeRejectionSampler
+    from vllm_nfoxhead.integration.tree_step import build_step, set_current_step
+
+    if not isinstance(runner.rejection_sampler, TreeRejectionSampler):
+        runner.rejection_sampler = TreeRejectionSampler(runner.rejection_sampler, options)
+    step = build_step(runner, scheduler_output, tree_of)
+    if step.requests and runner.compilation_config.cudagraph_mode.has_full_cudagraphs():
+        raise RuntimeError(
+            "NFoxHead: tree verification needs cudagraph_mode PIECEWISE (FULL CUDA graphs "
+            "replay attention without the tree mask). Fix: pass "
+            "compilation_config={'cudagraph_mode': 'PIECEWISE'}, or drop 'tree' to use "
+            "chain drafting.")
+    set_current_step(step)
 
 
 def patch_cpu_attention() -> None:
