@@ -6,7 +6,6 @@ Nothing here loads the model: `lm_head()` reads one tensor lazily (safetensors
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import torch
 
 from vllm_nfoxhead.core.errors import NFoxHeadError
+from vllm_nfoxhead.core.format import read_json_object
 
 from .checkpoint import LazyCheckpoint
 
@@ -33,16 +33,8 @@ def text_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
-    """A JSON object from disk, or a one-line NFoxHeadError."""
-    if not path.is_file():
-        raise NFoxHeadError(f"{path} is missing", f"point at a directory that holds the {what}")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise NFoxHeadError(f"{path} is not valid JSON ({exc})", "repair or re-download it") from exc
-    if not isinstance(data, dict):
-        raise NFoxHeadError(f"{path} is not a JSON object", "repair or re-download it")
-    return data
+    """A JSON object from disk (the `what` of a model directory), or a one-line NFoxHeadError."""
+    return read_json_object(path, f"point at a directory that holds the {what}", "repair or re-download it")
 
 
 @dataclass

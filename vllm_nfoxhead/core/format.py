@@ -71,6 +71,7 @@ class HeadsConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str) -> "HeadsConfig":
+        """A checked config from `config.json`'s object (`where`: the file, for messages)."""
         missing = [k for k in cls._REQUIRED if k not in data]
         if missing:
             raise NFoxHeadError(
@@ -108,10 +109,12 @@ class HeadsConfig:
         return cls(**known, extra=dict(data.get("extra", {})))
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as `config.json` holds it."""
         return asdict(self)
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        """The dtype the weights are stored in."""
         return DTYPES[self.dtype]
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -133,10 +136,12 @@ class HeadsConfig:
 
     @property
     def token_conditioned(self) -> bool:
+        """Whether head k also reads the tokens t+1..t+k+1 (conditioning "tokens")."""
         return self.conditioning == "tokens"
 
 
 def _heads_path(path: str | os.PathLike[str]) -> Path:
+    """An existing heads directory, or a one-line NFoxHeadError."""
     p = Path(path).expanduser()
     if not str(path):
         raise NFoxHeadError(
@@ -150,21 +155,26 @@ def _heads_path(path: str | os.PathLike[str]) -> Path:
     return p
 
 
+def read_json_object(path: Path, missing_fix: str, repair_fix: str) -> dict[str, Any]:
+    """A JSON object from disk, or a one-line NFoxHeadError with `missing_fix` (no such file)
+    or `repair_fix` (not JSON, or not an object) as its fix."""
+    if not path.is_file():
+        raise NFoxHeadError(f"{path} is missing", missing_fix)
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise NFoxHeadError(f"{path} is not valid JSON ({exc})", repair_fix) from exc
+    if not isinstance(data, dict):
+        raise NFoxHeadError(f"{path} is not a JSON object", repair_fix)
+    return data
+
+
 def load_heads_config(path: str | os.PathLike[str]) -> HeadsConfig:
     """Read and check `config.json` of a heads directory."""
-    p = _heads_path(path)
-    cfg_file = p / CONFIG_FILE
-    if not cfg_file.is_file():
-        raise NFoxHeadError(
-            f"{cfg_file} is missing",
-            "point at a directory written by `python -m conversion.to_vllm` or the trainer",
-        )
-    try:
-        data = json.loads(cfg_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise NFoxHeadError(f"{cfg_file} is not valid JSON ({exc})", "repair or re-create it") from exc
-    if not isinstance(data, dict):
-        raise NFoxHeadError(f"{cfg_file} is not a JSON object", "repair or re-create it")
+    cfg_file = _heads_path(path) / CONFIG_FILE
+    data = read_json_object(
+        cfg_file, "point at a directory written by `python -m conversion.to_vllm` or the trainer",
+        "repair or re-create it")
     return HeadsConfig.from_dict(data, str(cfg_file))
 
 

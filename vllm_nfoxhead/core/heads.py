@@ -20,6 +20,8 @@ This module is used by training, conversion and tests; the vLLM layer reuses
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -82,28 +84,24 @@ class ResidualStack(nn.Module):
             hidden = hidden + self.fusions[k](context[:, : k + 1])
         return self.heads[k](hidden)
 
-    def load_from(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Copy `heads.{k}.res.{l}.*` (and `heads.{k}.fuse.{j}.weight`) tensors into the modules."""
+    def format_params(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """(on-disk name, parameter): `heads.{k}.res.{l}.{weight|bias}`, `heads.{k}.fuse.{j}.weight`."""
         for k, head in enumerate(self.heads):
             for layer_idx, block in enumerate(head):
-                for name in ("weight", "bias"):
-                    src = tensors[head_key(k, layer_idx, name)]
-                    getattr(block.linear, name).data.copy_(src)
+                yield head_key(k, layer_idx, "weight"), block.linear.weight  # [H, H]
+                yield head_key(k, layer_idx, "bias"), block.linear.bias  # [H]
             if self.fusions is not None:
                 for j, m in enumerate(self.fusions[k].maps):
-                    m.weight.data.copy_(tensors[fuse_key(k, j)])
+                    yield fuse_key(k, j), m.weight  # [H, H]
+
+    def load_from(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Copy the tensors under the on-disk names (format_params) into the modules."""
+        for name, param in self.format_params():
+            param.data.copy_(tensors[name])
 
     def format_tensors(self) -> dict[str, torch.Tensor]:
         """The parameters under their on-disk names."""
-        out: dict[str, torch.Tensor] = {}
-        for k, head in enumerate(self.heads):
-            for layer_idx, block in enumerate(head):
-                out[head_key(k, layer_idx, "weight")] = block.linear.weight
-                out[head_key(k, layer_idx, "bias")] = block.linear.bias
-            if self.fusions is not None:
-                for j, m in enumerate(self.fusions[k].maps):
-                    out[fuse_key(k, j)] = m.weight
-        return out
+        return dict(self.format_params())
 
 
 class NFoxHeads(nn.Module):
@@ -125,6 +123,7 @@ class NFoxHeads(nn.Module):
         self.draft_vocab: torch.Tensor | None = None
 
     def set_draft_vocab(self, ids: torch.Tensor | None) -> None:
+        """Restrict drafting to token ids [V'] (None: the full vocabulary); kept on the CPU as int64."""
         self.draft_vocab = None if ids is None else ids.detach().to("cpu", torch.long)
         self.config.draft_vocab_size = None if ids is None else len(ids)
 

@@ -14,12 +14,13 @@ from typing import Any
 
 import torch
 
-from vllm_nfoxhead.integration.cpu_kv_layout import KVLayout, probe_layout, split_cache
-from vllm_nfoxhead.integration.tree_step import TreeRequest, TreeStep
+from vllm_nfoxhead.integration.cpu_kv_layout import KVLayout, probe_layout
+from vllm_nfoxhead.integration.tree_step import TreeRequest, TreeStep, refuse_unsupported
 
 
 @functools.lru_cache(maxsize=16)
 def layout_for(block_size: int, head_size: int, dtype: torch.dtype, isa: str) -> KVLayout:
+    """The probed layout of CPU caches of this kind (probed once per kind), or a RuntimeError."""
     layout = probe_layout(block_size, head_size, dtype, isa)
     if layout is None:
         raise RuntimeError(
@@ -29,21 +30,21 @@ def layout_for(block_size: int, head_size: int, dtype: torch.dtype, isa: str) ->
     return layout
 
 
+def cache_layout(kv_cache: torch.Tensor, isa: str) -> KVLayout:
+    """The layout of one [num_blocks, H_kv, block_size, 2*D] CPU cache written for `isa`."""
+    _num_blocks, _num_kv_heads, block_size, two_d = kv_cache.shape
+    return layout_for(block_size, two_d // 2, kv_cache.dtype, isa)
+
+
 def check_supported(impl: Any) -> None:
-    unsupported = [
-        name for name, bad in (
-            ("sliding window", getattr(impl, "sliding_window", -1) not in (None, -1, (-1, -1))),
-            ("ALiBi", getattr(impl, "alibi_slopes", None) is not None),
-            ("logit soft-capping", bool(getattr(impl, "logits_soft_cap", None))),
-            ("attention sinks", getattr(impl, "sinks", None) is not None),
-            ("quantized KV cache", getattr(impl, "kv_cache_dtype", "auto") != "auto"),
-        ) if bad
-    ]
-    if unsupported:
-        raise RuntimeError(
-            f"NFoxHead: tree verification does not support {', '.join(unsupported)} on CPU. "
-            "Fix: drop 'tree' to use chain drafting."
-        )
+    """Refuse features whose masking the tree recomputation would not reproduce."""
+    refuse_unsupported((
+        ("sliding window", getattr(impl, "sliding_window", -1) not in (None, -1, (-1, -1))),
+        ("ALiBi", getattr(impl, "alibi_slopes", None) is not None),
+        ("logit soft-capping", bool(getattr(impl, "logits_soft_cap", None))),
+        ("attention sinks", getattr(impl, "sinks", None) is not None),
+        ("quantized KV cache", getattr(impl, "kv_cache_dtype", "auto") != "auto"),
+    ), "on CPU")
 
 
 def tree_rows_attention(impl: Any, layout: KVLayout, req: TreeRequest, query: torch.Tensor,
@@ -73,12 +74,11 @@ def fix_tree_rows(impl: Any, layer: Any, query: torch.Tensor, key: torch.Tensor,
                   output: torch.Tensor, step: TreeStep) -> None:
     """Overwrite the kernel's output for every tree request of this step (in place)."""
     check_supported(impl)
-    num_blocks, num_kv_heads, block_size, two_d = kv_cache.shape
-    layout = layout_for(block_size, two_d // 2, kv_cache.dtype, layer.isa)
+    layout = cache_layout(kv_cache, layer.isa)
     step.slot_mapping = attn_metadata.slot_mapping
     step.layers[id(layer)] = (layer, impl, kv_cache)
-    flat_out = output.view(output.shape[0], -1)
+    flat_out = output.view(output.shape[0], -1)  # [T, H_q * D]
     for req in step.requests:
-        block_row = attn_metadata.block_table[req.batch_index]
+        block_row = attn_metadata.block_table[req.batch_index]  # [max_blocks] int32
         result = tree_rows_attention(impl, layout, req, query, kv_cache, block_row)
         flat_out[req.start : req.start + req.num_rows] = result.to(output.dtype)

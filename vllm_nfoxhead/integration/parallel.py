@@ -15,13 +15,11 @@ Tensor parallelism needs nothing here: every TP rank of the last stage drafts.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from vllm_nfoxhead.core.errors import NFoxHeadError
+from vllm_nfoxhead.integration import logger
 from vllm_nfoxhead.integration.options import ADDITIONAL_CONFIG_KEY
-
-logger = logging.getLogger("vllm.nfoxhead")
 
 
 def check_pipeline_parallel(args: Any, stages: int, backend: str, vllm_version: str, on_cpu: bool) -> None:

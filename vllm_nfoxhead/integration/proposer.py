@@ -34,13 +34,11 @@ from vllm_nfoxhead.core.lookup import lookup_draft
 from vllm_nfoxhead.core.dtype_choice import cpu_bf16_native
 from vllm_nfoxhead.core.load_policy import DraftShape, LoadPolicy, cpu_defaults
 from vllm_nfoxhead.core.rate_tuner import HEADS, LOOKUP, TREE, RateTuner
+from vllm_nfoxhead.integration import logger
 from vllm_nfoxhead.integration.options import NFoxHeadOptions, tree_backend_ok
 from vllm_nfoxhead.integration.patches import patch_model_runner
 from vllm_nfoxhead.integration.rank_sync import RankSync
 from vllm_nfoxhead.integration.tree_step import current_step, set_current_step
-
-# A child of vLLM's own logger, so the lines appear wherever vLLM configures its logging.
-logger = logging.getLogger("vllm.nfoxhead")
 
 
 class NFoxHeadProposer:
@@ -103,6 +101,7 @@ class NFoxHeadProposer:
                           lookup=self.lookup > 0 and self.options.load_policy == "auto")
 
     def load_model(self, target_model: nn.Module) -> None:
+        """Build the heads next to the loaded target model (its device) and read their weights."""
         from vllm_nfoxhead.integration.heads_vllm import VllmNFoxHeads
 
         device = next(target_model.parameters()).device
@@ -138,7 +137,7 @@ class NFoxHeadProposer:
                 last = accepted[i][-1] + 1 if accepted.get(i) else max(len(tokens) - 1, 0)
                 rows.append(offset + last)
                 offset += num_draft + 1
-        index = torch.tensor(rows, device=sample_hidden_states.device)
+        index = torch.tensor(rows, device=sample_hidden_states.device)  # [B] int64
         self._hidden = sample_hidden_states.index_select(0, index)  # [B, H]
         self._has_token = [len(t) > 0 for t in sampled_token_ids]
         self._req_ids = list(batch.req_ids[: len(sampled_token_ids)])
@@ -263,7 +262,7 @@ class NFoxHeadProposer:
     def _draft_conditioned(self, hidden: torch.Tensor, sampled_token_ids: list[list[int]],
                            tree_rows: list[int], chain_rows: list[int], chain_len: int) -> dict[int, list[int]]:
         """Token-conditioned heads: head by head, from each request's sampled token."""
-        first = torch.tensor([t[-1] if t else 0 for t in sampled_token_ids], device=hidden.device)
+        first = torch.tensor([t[-1] if t else 0 for t in sampled_token_ids], device=hidden.device)  # [B] int64
         vocab = self.heads.draft_vocab  # [V'] or None
         drafts: dict[int, list[int]] = {}
         for rows, draft in ((tree_rows, functools.partial(self.tree.draft_conditioned, vocab=vocab)
@@ -272,7 +271,7 @@ class NFoxHeadProposer:
                                                            vocab=vocab))):
             if not rows:
                 continue
-            index = torch.tensor(rows, device=hidden.device)
+            index = torch.tensor(rows, device=hidden.device)  # [R] int64
             h = hidden.index_select(0, index)  # [R, H]
 
             def step(k: int, r: torch.Tensor, context: torch.Tensor, h: torch.Tensor = h) -> torch.Tensor:

@@ -26,7 +26,7 @@ from vllm_nfoxhead.core.kv_compaction import compaction_pairs
 from vllm_nfoxhead.core.tree import TreeBuffers
 from vllm_nfoxhead.core.tree_verify import GREEDY_EPS, TopKTopP, top_k_top_p, verify_trees
 from vllm_nfoxhead.integration.cpu_kv_layout import split_cache
-from vllm_nfoxhead.integration.cpu_tree_attention import layout_for
+from vllm_nfoxhead.integration.cpu_tree_attention import cache_layout
 from vllm_nfoxhead.integration.options import NFoxHeadOptions
 from vllm_nfoxhead.integration.tree_step import TreeRequest, TreeStep, current_step
 
@@ -194,7 +194,7 @@ def compact_kv(step: TreeStep) -> None:
     ]
     if not pairs:
         return
-    src, dst = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+    src, dst = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])  # [M] int64 slots each
     if src.numel() == 0:
         return
     if current_platform.is_cpu():
@@ -217,10 +217,9 @@ def compact_kv_cpu(step: TreeStep, src: torch.Tensor, dst: torch.Tensor) -> None
     from vllm import _custom_ops as ops
 
     for layer, impl, kv_cache in distinct_caches(step):
-        key_cache, value_cache = split_cache(kv_cache)
-        num_blocks, num_kv_heads, block_size, two_d = kv_cache.shape
-        layout = layout_for(block_size, two_d // 2, kv_cache.dtype, layer.isa)
-        keys = layout.read(key_cache, src, "key")
+        key_cache, value_cache = split_cache(kv_cache)  # [num_blocks, H_kv, block_size, D] each
+        layout = cache_layout(kv_cache, layer.isa)
+        keys = layout.read(key_cache, src, "key")  # [M, H_kv, D]
         values = layout.read(value_cache, src, "value")
         ops.cpu_attn_reshape_and_cache(
             keys, values, key_cache, value_cache, dst, layer.isa,

@@ -8,6 +8,7 @@ walk) and the KV compaction, and cleared when the step's drafts are proposed.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,7 @@ class TreeRequest:
 
     @property
     def num_rows(self) -> int:
+        """Query rows of the request this step: the root and its n nodes."""
         return self.num_nodes + 1
 
     def buffers_on(self, device: torch.device) -> TreeBuffers:
@@ -60,6 +62,8 @@ class TreeRequest:
 
 @dataclass
 class TreeStep:
+    """The tree requests of one step, and what the attention override records for the KV compaction."""
+
     requests: list[TreeRequest]
     slot_mapping: torch.Tensor | None = None  # [num_tokens] saved by the attention override
     layers: dict[int, tuple[Any, Any, torch.Tensor]] = field(default_factory=dict)  # id -> (layer, impl, kv_cache)
@@ -69,16 +73,30 @@ _current: TreeStep | None = None
 
 
 def current_step() -> TreeStep | None:
+    """The step being verified (None outside a tree step)."""
     return _current
 
 
 def set_current_step(step: TreeStep | None) -> None:
+    """Publish this step's tree requests (None: clear them once the step's drafts are proposed)."""
     global _current
     _current = step
 
 
 def is_chain(parents: list[int]) -> bool:
+    """Whether nodes with these parent indices (-1 = root) form one chain."""
     return all(p == j - 1 for j, p in enumerate(parents))
+
+
+def refuse_unsupported(features: Iterable[tuple[str, bool]], where: str) -> None:
+    """Raise if any (feature, present) is present: a tree attention path (`where`: "on CPU", ...)
+    that cannot reproduce that feature's masking would silently verify against wrong rows."""
+    unsupported = [name for name, present in features if present]
+    if unsupported:
+        raise RuntimeError(
+            f"NFoxHead: tree verification does not support {', '.join(unsupported)} {where}. "
+            "Fix: drop 'tree' to use chain drafting."
+        )
 
 
 def build_step(runner: Any, scheduler_output: Any, tree_of: dict[str, Tree]) -> TreeStep:
@@ -103,8 +121,8 @@ def build_step(runner: Any, scheduler_output: Any, tree_of: dict[str, Tree]) -> 
         if int(starts[i + 1]) - start != n + 1:
             continue  # not a plain verification step for this request
         ctx = int(batch.num_computed_tokens_cpu[i])
-        rows = torch.arange(start, start + n + 1, device=runner.positions.device)
-        depth = buffers.position_offsets[: n + 1].to(runner.positions.device)
+        rows = torch.arange(start, start + n + 1, device=runner.positions.device)  # [n+1] int64
+        depth = buffers.position_offsets[: n + 1].to(runner.positions.device)  # [n+1] int64: 0, node depths
         runner.positions[rows] = ctx + depth
         requests.append(TreeRequest(i, start, ctx, n, buffers, tree=tree))
     return TreeStep(requests)

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from vllm_nfoxhead.integration.tree_step import TreeRequest, TreeStep
+from vllm_nfoxhead.integration.tree_step import TreeRequest, TreeStep, refuse_unsupported
 
 # Rows of zeros appended below the tree bias. The kernel computes the bias row
 # pointer of every row of a query block (BLOCK_Q rows, at most 32 in vLLM
@@ -60,22 +60,15 @@ def check_supported(impl: Any, attn_metadata: Any, output_scale: torch.Tensor | 
     from vllm.v1.kv_cache_interface import is_quantized_kv_cache  # 0.32 and 0.33 (torch_utils: 0.32 only)
 
     kv_dtype = str(getattr(impl, "kv_cache_dtype", "auto"))
-    unsupported = [
-        name for name, bad in (
-            ("sliding window", getattr(impl, "sliding_window", None) not in (None, -1, (-1, -1))),
-            ("restricted sliding window (R-SWA)", getattr(attn_metadata, "rswa_window", None) is not None),
-            ("ALiBi", getattr(impl, "alibi_slopes", None) is not None),
-            ("logit soft-capping", bool(getattr(impl, "logits_soft_cap", None))),
-            ("attention sinks", getattr(impl, "sinks", None) is not None),
-            (f"quantized KV cache ({kv_dtype})", is_quantized_kv_cache(kv_dtype)),
-            ("fused output quantization", output_scale is not None),
-        ) if bad
-    ]
-    if unsupported:
-        raise RuntimeError(
-            f"NFoxHead: tree verification does not support {', '.join(unsupported)} "
-            "on the Triton attention backend. Fix: drop 'tree' to use chain drafting."
-        )
+    refuse_unsupported((
+        ("sliding window", getattr(impl, "sliding_window", None) not in (None, -1, (-1, -1))),
+        ("restricted sliding window (R-SWA)", getattr(attn_metadata, "rswa_window", None) is not None),
+        ("ALiBi", getattr(impl, "alibi_slopes", None) is not None),
+        ("logit soft-capping", bool(getattr(impl, "logits_soft_cap", None))),
+        ("attention sinks", getattr(impl, "sinks", None) is not None),
+        (f"quantized KV cache ({kv_dtype})", is_quantized_kv_cache(kv_dtype)),
+        ("fused output quantization", output_scale is not None),
+    ), "on the Triton attention backend")
 
 
 def is_decoder_self_attention(impl: Any) -> bool:

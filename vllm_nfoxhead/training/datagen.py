@@ -36,7 +36,16 @@ RECORD_FIELDS = ("id", "prompt", "response", "prompt_token_ids", "response_token
 # --------------------------------------------------------------------------
 # JSONL input and resume logic (pure functions, no engine)
 # --------------------------------------------------------------------------
+def jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of every non-blank line of a JSONL file, in order; a one-line
+    NFoxHeadError at the first line that is not a JSON object."""
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            yield lineno, _parse_line(line, path, lineno)
+
+
 def _parse_line(line: str, path: Path, lineno: int) -> dict[str, Any]:
+    """One JSONL line as a JSON object, or a one-line NFoxHeadError naming the line."""
     try:
         row = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -55,10 +64,7 @@ def read_prompts(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     if not path.is_file():
         raise NFoxHeadError(f"prompt file {path} does not exist", "pass a JSONL file, e.g. data/prompts/train.jsonl")
     rows, seen = [], {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        row = _parse_line(line, path, lineno)
+    for lineno, row in jsonl_objects(path):
         missing = [k for k in PROMPT_FIELDS if not isinstance(row.get(k), str) or not row[k]]
         if missing:
             raise NFoxHeadError(
@@ -110,10 +116,7 @@ def read_done_ids(path: str | os.PathLike[str]) -> set[str]:
     if removed:
         print(f"[datagen] dropped a partial last line ({removed} bytes) from {path}", flush=True)
     done: set[str] = set()
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        row = _parse_line(line, path, lineno)
+    for lineno, row in jsonl_objects(path):
         if not isinstance(row.get("id"), str) or not all(k in row for k in RECORD_FIELDS):
             raise NFoxHeadError(
                 f"{path} line {lineno} is not a datagen record (needs {', '.join(RECORD_FIELDS)})",

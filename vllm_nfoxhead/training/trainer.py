@@ -132,16 +132,13 @@ class TrainResult:
 # --------------------------------------------------------------------------
 def read_sequences(path: str | os.PathLike[str], max_len: int) -> Sequences:
     """Records of `datagen` (prompt_token_ids + response_token_ids), cut to `max_len`."""
-    from vllm_nfoxhead.training.datagen import _parse_line
+    from vllm_nfoxhead.training.datagen import jsonl_objects
 
     path = Path(path)
     if not path.is_file():
         raise NFoxHeadError(f"data file {path} does not exist", "run `python -m vllm_nfoxhead.training.datagen` first")
     ids, starts = [], []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        row = _parse_line(line, path, lineno)
+    for lineno, row in jsonl_objects(path):
         prompt, answer = row.get("prompt_token_ids"), row.get("response_token_ids")
         if not _is_id_list(prompt) or not _is_id_list(answer) or not prompt:
             raise NFoxHeadError(
