@@ -12,7 +12,6 @@ Exit status: 0 ok, 1 `--verify` above tolerance (nothing written), 2 bad input.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any

@@ -9,7 +9,8 @@ so a kernel reading outside its sequence poisons its row.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+import importlib
+from types import ModuleType, SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -93,7 +94,7 @@ def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: int, mask:
     return out.transpose(0, 1)
 
 
-def kernel_call(unified, q, paged: Paged, rows: int, lengths: list[int], scale: float,
+def kernel_call(unified: ModuleType, q: torch.Tensor, paged: Paged, rows: int, lengths: list[int], scale: float,
                 bias: torch.Tensor | None) -> torch.Tensor:
     """unified_attention over len(lengths) requests of `rows` query rows each, as the plugin calls it."""
     device = q.device
@@ -164,7 +165,7 @@ def check_mixed_batch(check: Check, sizes: Sizes, dtype_name: str) -> None:
     """The plugin's fix_tree_rows_triton after a causal pass over a mixed batch (the backend's own
     forward): tree rows become tree attention, every other row stays bit-identical."""
     try:
-        import numpy  # noqa: F401 - group_by_mask hashes masks with .numpy()
+        importlib.import_module("numpy")  # group_by_mask hashes masks with .numpy()
     except ImportError:
         from check_common import Skip
 

@@ -18,9 +18,11 @@ On CPU (--interpret) the same code runs eagerly at toy size, only to exercise it
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -223,7 +225,8 @@ class Runner:
                 m.attention(i, s, buf)
 
 
-def median_ms(fn, repeats: int, cuda: bool, warmup: int = 2) -> float:
+def median_ms(fn: Callable[[], object], repeats: int, cuda: bool, warmup: int = 2) -> float:
+    """Median wall time of fn() in ms over `repeats` calls (CUDA events on a GPU), after `warmup` calls."""
     for _ in range(warmup):
         fn()
     times = []
@@ -278,7 +281,7 @@ def _grouping_without_numpy():
     """The plugin's group_by_mask keys masks by Tensor.numpy() bytes; vLLM always brings numpy, the GPU
     machine might not. Then (only then) group by the mask's values as a tuple: same groups."""
     try:
-        import numpy  # noqa: F401
+        importlib.import_module("numpy")
     except ImportError:
         from vllm_nfoxhead.integration import triton_tree_attention as tta
 

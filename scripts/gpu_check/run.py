@@ -19,12 +19,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
 import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from check_common import Check, Results, Sizes
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -123,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if not failed else 1
 
 
-def plan(sizes, out_dir: Path, skip_cost: bool) -> list:
+def plan(sizes: Sizes, out_dir: Path, skip_cost: bool) -> list[tuple[str, Callable[[Check], None]]]:
     """(check name, fn(check)) in run order."""
     import check_attention as att
     import check_cost as cost
@@ -158,8 +165,8 @@ def _stub_safetensors_if_missing() -> None:
     """vllm_nfoxhead.core.heads imports format.py, which imports safetensors (only to read/write files,
     which no check does). If the GPU machine lacks it, stand-in modules let the import succeed."""
     try:
-        import safetensors  # noqa: F401
-        import safetensors.torch  # noqa: F401
+        importlib.import_module("safetensors")
+        importlib.import_module("safetensors.torch")
     except ImportError:
         import types
 
@@ -172,7 +179,8 @@ def _stub_safetensors_if_missing() -> None:
         os.environ["GPU_CHECK_SAFETENSORS_STUB"] = "1"
 
 
-def environment(sizes) -> dict:
+def environment(sizes: Sizes) -> dict[str, Any]:
+    """What ran the check: device, library versions, interpreter and stub flags, vendored kernels."""
     import platform
 
     import torch
@@ -201,7 +209,8 @@ def environment(sizes) -> dict:
     }
 
 
-def write_report(out_dir: Path, env: dict, results, seconds: float, args, complete: bool) -> None:
+def write_report(out_dir: Path, env: dict[str, Any], results: Results, seconds: float, args: argparse.Namespace,
+                 complete: bool) -> None:
     import json
     from dataclasses import asdict
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -130,7 +131,7 @@ def accept_sampling(buffers: TreeBuffers, draft_tokens: torch.Tensor, target_pro
 
 
 def accept(mode: str, buffers: TreeBuffers, draft_tokens: torch.Tensor, target: torch.Tensor,
-           **options) -> Acceptance:
+           **options: Any) -> Acceptance:
     """Dispatch by mode name: "greedy" (logits), "sampling" (probs, generator=), "typical" (probs)."""
     modes = {"greedy": accept_greedy, "sampling": accept_sampling, "typical": accept_typical}
     if mode not in modes:

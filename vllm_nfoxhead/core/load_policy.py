@@ -104,6 +104,7 @@ class LoadPolicy:
         return c1 + (c1 - c0) * (tokens - t1) / (t1 - t0)
 
     def rate(self, shape: DraftShape, batch: int) -> float:
+        """Modelled tokens per plain-step time of `shape` at `batch` requests."""
         extra = self.tree_overhead * batch if shape.kind == "tree" else 0.0
         return batch * shape.expected_tokens / (self.cost(batch * (shape.nodes + 1)) + extra)
 

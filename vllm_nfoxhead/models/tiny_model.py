@@ -74,8 +74,13 @@ def build_model(out_dir: Path, vocab_size: int = 384, seed: int = 0) -> None:
     model.save_pretrained(str(out_dir), safe_serialization=True)
 
 
+# Per sequence: (post-norm hidden states [T, H] float32, token ids [T] int64).
+SequenceStates = list[tuple[torch.Tensor, torch.Tensor]]
+
+
 @torch.no_grad()
-def greedy_hidden_states(model_dir: Path, prompts: list[str], new_tokens: int = 48):
+def greedy_hidden_states(model_dir: Path, prompts: list[str],
+                         new_tokens: int = 48) -> tuple[SequenceStates, torch.Tensor, torch.Tensor]:
     """Greedy-continue each prompt; return post-norm hidden [T,H] and tokens [T] per sequence,
     the LM head [V, H] and the input embeddings [V, H]."""
     from transformers import AutoTokenizer, LlamaForCausalLM
@@ -92,7 +97,7 @@ def greedy_hidden_states(model_dir: Path, prompts: list[str], new_tokens: int = 
     return out, model.lm_head.weight.detach().clone(), model.model.embed_tokens.weight.detach().clone()
 
 
-def fit_heads(sequences, lm_head: torch.Tensor, num_heads: int, steps: int = 300,
+def fit_heads(sequences: SequenceStates, lm_head: torch.Tensor, num_heads: int, steps: int = 300,
               shared_lm_head: bool = False, seed: int = 0, embed: torch.Tensor | None = None) -> NFoxHeads:
     """Fit heads so head k predicts token t+k+2 from hidden state t.
 

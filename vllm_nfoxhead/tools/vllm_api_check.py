@@ -53,7 +53,7 @@ import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from vllm_nfoxhead.integration.supported import API_CHECK_WHEELS
 
@@ -1491,7 +1491,7 @@ def run_check(plugin_root: Path, trees: list[tuple[str, VllmTree]], api_map: Api
     return results, list(scan.problems)
 
 
-def report(results: list[ReleaseResult], general: list[Finding], out=None) -> int:
+def report(results: list[ReleaseResult], general: list[Finding], out: TextIO | None = None) -> int:
     """Print one line per problem (merged across releases), then one summary line per release; the exit code."""
     out = out or sys.stdout
     merged: dict[Finding, list[str]] = {}

@@ -172,7 +172,7 @@ def _eval_dataset(args: argparse.Namespace, cfg: TrainConfig, seqs: Sequences, m
     return Dataset.build(seqs, hidden, cfg.num_heads, cfg.include_prompt)
 
 
-def check_data_fits(seqs, vocab_size: int, model_dir: str) -> None:
+def check_data_fits(seqs: Sequences, vocab_size: int, model_dir: str) -> None:
     """Token ids beyond the model's vocabulary mean the data came from another model."""
     top = max(max(x) for x in seqs.ids)
     if top >= vocab_size:

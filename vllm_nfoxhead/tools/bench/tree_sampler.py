@@ -16,12 +16,18 @@ import json
 import statistics
 import time
 from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+if TYPE_CHECKING:
+    from vllm_nfoxhead.core.tree import Tree
+    from vllm_nfoxhead.integration.tree_step import TreeRequest
 
-def build_inputs(vocab: int, tree, batch: int, temperature: float, seed: int = 0):
+
+def build_inputs(vocab: int, tree: Tree, batch: int, temperature: float,
+                 seed: int = 0) -> tuple[Any, torch.Tensor, Any, list[TreeRequest]]:
     """(spec metadata, logits, sampling metadata, tree requests) of one step."""
     from vllm.v1.sample.logits_processor import LogitsProcessors
     from vllm.v1.sample.metadata import SamplingMetadata
@@ -62,7 +68,7 @@ def build_inputs(vocab: int, tree, batch: int, temperature: float, seed: int = 0
     return metadata, logits, sampling, requests
 
 
-def time_step(vocab: int, tree, batch: int, temperature: float, repeats: int) -> float:
+def time_step(vocab: int, tree: Tree, batch: int, temperature: float, repeats: int) -> float:
     """Median ms per TreeRejectionSampler call."""
     from vllm.v1.sample.rejection_sampler import RejectionSampler
     from vllm.v1.sample.sampler import Sampler
