@@ -1,8 +1,10 @@
-"""The shipped prompt sets: counts, distinctness, disjointness, categories, no benchmark text."""
+"""The shipped prompt sets: counts, distinctness, disjointness, categories, no benchmark text;
+the generator reproduces them byte for byte from the data in prompt_pools/."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -95,11 +97,11 @@ def test_files_match_generator(tmp_path):
 
 def test_bench_topics_never_in_train():
     """Main-pool items are split, so the two generators never share a topic."""
-    for pool in (P.WRITING_TOPICS, P.CODE_TASKS, P.PERSONAS, P.EXPLAIN, P.MATH_TEMPLATES):
-        bench = P.bench_share(pool)
-        assert 0 < len(bench) < len(pool)
+    for name in ("WRITING_TOPICS", "CODE_TASKS", "PERSONAS", "EXPLAIN", "MATH_TEMPLATES"):
+        bench = P.bench_share(P.POOLS[name])
+        assert 0 < len(bench) < len(P.POOLS[name])
     train = " ".join(p.prompt for p in P.generate_split("train", 400))
-    for topic in P.bench_share(P.WRITING_TOPICS) | P.bench_share(P.PERSONAS):
+    for topic in P.bench_share(P.POOLS["WRITING_TOPICS"]) | P.bench_share(P.POOLS["PERSONAS"]):
         assert repr(topic).strip("'\"") not in train
 
 
@@ -132,16 +134,15 @@ def test_wide_file_matches_generator_and_is_disjoint(tmp_path, sets):
 
 def test_wide_topics_are_new_and_never_bench():
     """Wide pools add subjects: none repeats a main-pool item, so none is a bench-share item."""
-    from vllm_nfoxhead.training.wide_topics import WIDE_POOLS
-
-    for name, wide in WIDE_POOLS.items():
-        main = getattr(P, name)
+    for name, wide in P.WIDE_POOLS.items():
+        main = P.POOLS[name]
         assert len(set(wide)) == len(wide) >= 30, name
         assert not set(wide) & set(main), name
         shapes = {len(x) if isinstance(x, tuple) else 0 for x in main}
         assert {len(x) if isinstance(x, tuple) else 0 for x in wide} == shapes, name
     wide_text = " ".join(p.prompt for p in P.generate_split("wide", 400))
-    for topic in P.bench_share(P.WRITING_TOPICS) | P.bench_share(P.PERSONAS) | P.bench_share(P.THINGS):
+    for topic in (P.bench_share(P.POOLS["WRITING_TOPICS"]) | P.bench_share(P.POOLS["PERSONAS"])
+                  | P.bench_share(P.POOLS["THINGS"])):
         assert topic not in wide_text
 
 
@@ -149,9 +150,44 @@ def test_wide_prompts_use_wide_topics():
     """Most writing and knowledge subjects of the wide set come from the wide pools."""
     import re
 
-    from vllm_nfoxhead.training.wide_topics import WIDE_POOLS
-
     text = " ".join(r["prompt"] for r in _load("train-wide.jsonl"))
-    pools = WIDE_POOLS["WRITING_TOPICS"] + WIDE_POOLS["THINGS"] + WIDE_POOLS["EXPLAIN"]
+    pools = P.WIDE_POOLS["WRITING_TOPICS"] + P.WIDE_POOLS["THINGS"] + P.WIDE_POOLS["EXPLAIN"]
     used = [t for t in pools if re.search(rf"\b{re.escape(t)}\b", text)]
     assert len(used) > 0.4 * len(pools)
+
+
+def _edited_pools(tmp_path: Path, file: str, old: str, new: str) -> P.Library:
+    """The shipped library with one string of one data file replaced."""
+    pools = tmp_path / "prompt_pools"
+    shutil.copytree(P.POOL_DIR, pools)
+    text = (pools / file).read_text(encoding="utf-8")
+    assert text.count(old) == 1, old
+    (pools / file).write_text(text.replace(old, new), encoding="utf-8")
+    return P.load_library(pools)
+
+
+@pytest.mark.parametrize(("file", "old", "new"), [
+    ("writing.json", '"an old lighthouse"', '"an old windmill"'),            # a main-pool item
+    ("maths.json", "{num(2, 8)} hours and", "{num(2, 9)} hours and"),          # a template's draw
+    ("wide.json", '"a wheat field before harvest"', '"a barley field"'),      # a wide-pool item
+])
+def test_any_data_edit_changes_the_sets(tmp_path, file, old, new):
+    """The byte-for-byte tests above catch any change to the data: one edited item or draw
+    gives different train or wide prompts (so the committed sets must be regenerated)."""
+    library = _edited_pools(tmp_path, file, old, new)
+    split = "wide" if file == "wide.json" else "train"
+    name = "train-wide.jsonl" if split == "wide" else "train.jsonl"
+    count = len(_load(name))
+    taken = _load("train.jsonl") + _load("bench.jsonl") if split == "wide" else []
+    exclude = frozenset(P.normalise(r["prompt"]) for r in taken)
+    P.write_jsonl(tmp_path / name, P.generate_split(split, count, exclude=exclude, library=library))
+    assert (tmp_path / name).read_bytes() != (DATA / name).read_bytes()
+
+
+def test_library_rejects_bad_templates(tmp_path):
+    """Typos in the data fail with a pointer to the data, not with wrong prompts."""
+    library = _edited_pools(tmp_path, "knowledge.json", '"x": "main(THINGS)"', '"x": "main(THINGZ)"')
+    with pytest.raises(NFoxHeadError, match="main\\(THINGZ\\) needs a shared pool name"):
+        P.generate_split("train", 80, library=library)
+    with pytest.raises(NFoxHeadError, match="unknown keys"):
+        P.load_library(_edited_pools(tmp_path / "b", "roleplay.json", '"let"', '"lett"'))
