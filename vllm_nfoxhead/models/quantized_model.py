@@ -17,17 +17,24 @@ Schemes (`SCHEMES`):
 
 `quantize_lm_head=True` quantizes the LM head too (compressed-tensors schemes;
 vLLM's GPTQ/AWQ readers take `lm_head: true`).
+
+CLI (any single-file Llama checkpoint, e.g. SmolLM2 from `python -m vllm_nfoxhead.models.smollm2`):
+    python -m vllm_nfoxhead.models.quantized_model SRC DST --scheme w8a8_int8 [--quantize-lm-head]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import sys
 import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from vllm_nfoxhead.core.staging import staged_directory
 
 GROUP = 32
 SCHEMES = ("w8a8_int8", "w4a16", "w8a8_fp8", "gptq_w4", "awq_w4")
@@ -216,3 +223,37 @@ def quantize_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str]
     save_file(out, str(dst / "model.safetensors"), metadata={"format": "pt"})
     (dst / "config.json").write_text(json.dumps(config, indent=2))
     return dst
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write a quantized copy of a float checkpoint; one clear line on bad input."""
+    p = argparse.ArgumentParser(prog="python -m vllm_nfoxhead.models.quantized_model",
+                                description="Write a quantized copy of a single-file float Llama checkpoint "
+                                            "(round-to-nearest, in a format vLLM reads).")
+    p.add_argument("src", type=Path, help="float checkpoint directory (model.safetensors, config.json, tokenizer)")
+    p.add_argument("dst", type=Path, help="output directory (must not exist yet)")
+    p.add_argument("--scheme", choices=SCHEMES, required=True, help="quantization scheme (see the module docstring)")
+    p.add_argument("--quantize-lm-head", action="store_true",
+                   help="quantize the LM head too (not for tied embeddings)")
+    p.add_argument("--twin", action="store_true",
+                   help="write the dequantized float twin instead (what transformers can run)")
+    args = p.parse_args(argv)
+    if not (args.src / "model.safetensors").is_file() or not (args.src / "config.json").is_file():
+        print(f"NFoxHead: {args.src} holds no model.safetensors and config.json. "
+              "Fix: pass a single-file float checkpoint directory", file=sys.stderr)
+        return 2
+    if args.dst.exists():
+        print(f"NFoxHead: {args.dst} already exists. Fix: pass a new output directory", file=sys.stderr)
+        return 2
+    try:
+        with staged_directory(args.dst) as tmp:  # nothing half-written on error or Ctrl-C
+            quantize_checkpoint(args.src, tmp, args.scheme, args.quantize_lm_head, args.twin)
+    except ValueError as exc:
+        print(f"NFoxHead: {exc}. Fix: see --help", file=sys.stderr)
+        return 2
+    print(args.dst)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
