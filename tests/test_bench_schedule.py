@@ -79,3 +79,11 @@ def test_sigterm_unwinds_the_benchmark_so_engines_are_shut_down():
         assert exit_info.value.code == 128 + signal.SIGTERM and unwound
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_default_paths_point_into_the_checkout():
+    """The bench's defaults (prompt set, shipped heads) exist where the bench looks for them."""
+    from vllm_nfoxhead.tools.bench import __main__ as bench_main
+
+    for path in (bench_main.DEFAULT_PROMPTS, bench_main.SHIPPED_HEADS, bench_main.SHIPPED_MEDUSA_HEADS):
+        assert path.exists(), path

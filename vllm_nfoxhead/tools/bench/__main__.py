@@ -29,7 +29,7 @@ from vllm_nfoxhead.tools.bench.report import plot, rows, table, write_json
 from vllm_nfoxhead.tools.bench.runner import run_interleaved, run_method
 
 CACHE = Path(os.environ.get("VLLM_NFOXHEAD_CACHE", "~/.cache/vllm-nfoxhead")).expanduser()
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]  # tools/bench/__main__.py -> the checkout
 DEFAULT_PROMPTS = REPO / "data" / "prompts" / "bench.jsonl"
 SHIPPED_HEADS = REPO / "heads" / "smollm2-nfoxhead"
 SHIPPED_MEDUSA_HEADS = REPO / "heads" / "smollm2-medusa"
