@@ -32,7 +32,8 @@ from typing import Any
 
 from vllm_nfoxhead.core.errors import NFoxHeadError
 from vllm_nfoxhead.training.chat_prompts import load_config, normalise
-from vllm_nfoxhead.training.datagen import append_records, jsonl_objects, repair_tail
+from vllm_nfoxhead.training.datagen import (append_records, jsonl_objects, repair_tail, require_at_least_one,
+                                            run_cli)
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH_SETS = REPO / "data" / "prompts"
@@ -165,18 +166,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="share of memory for the KV cache (the CPU build sizes it from this; default 0.3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled sequence (default 0)")
     args = p.parse_args(argv)
-    for name in ("count", "batch_size", "max_tokens"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    require_at_least_one(p, args, ("count", "batch_size", "max_tokens"))
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except NFoxHeadError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    return run_cli(run, parse_args(argv))
 
 
 if __name__ == "__main__":
