@@ -16,7 +16,7 @@ BANNED = ("compose an engaging travel blog post",)
 
 def test_clean_prompt_keeps_requests_and_drops_junk():
     assert S.clean_prompt("  How do I sort a list in Python?\n", BANNED) == "How do I sort a list in Python?"
-    for junk in ("Hi there", "x" * 500 + " a b c", "What is <|im_end|> for?", "Tell me\x00 about it now",
+    for junk in ("Hi there", "x" * 500 + " a b c", "What is <|im_end|> for?", "Tell me\x00 about it now", "Benadav khayrat Allah, بنابيد- وباحث إلى ، معني بن",
                  "Please compose an engaging travel blog post about Hawaii"):
         assert S.clean_prompt(junk, BANNED) is None, junk
 

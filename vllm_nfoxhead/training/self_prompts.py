@@ -9,7 +9,7 @@ comes out is the kind of request the model expects to be asked, in varied
 wording; its answers (datagen.py) are then what the heads learn from.
 
 Kept: distinct (normalised) prompts of a few words to a few hundred characters,
-with no chat-template tokens, no benchmark phrase, and no text of a benchmark
+in English letters, with no chat-template tokens, no benchmark phrase, and no text of a benchmark
 prompt set (every `*bench*.jsonl` under data/prompts is excluded). Each row
 records its attempt number, so a resumed run continues the same seeded
 sequence instead of repeating it.
@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[2]
 BENCH_SETS = REPO / "data" / "prompts"
 MARKER = "\u2063NFOXHEAD-USER-TURN\u2063"   # a string no template contains
 MIN_WORDS, MAX_CHARS = 4, 400
+MIN_ASCII = 0.97   # share of ASCII characters: the served model answers in English
 TEMPLATE_TOKEN = re.compile(r"<\|[^|>]*\|>|<s>|</s>|\[INST\]")
 
 
@@ -57,6 +58,8 @@ def clean_prompt(text: str, banned: Sequence[str]) -> str | None:
     if len(text.split()) < MIN_WORDS or len(text) > MAX_CHARS or TEMPLATE_TOKEN.search(text):
         return None
     if sum(ch.isprintable() or ch in "\n\t" for ch in text) < len(text):
+        return None
+    if sum(ch.isascii() for ch in text) < MIN_ASCII * len(text):
         return None
     low = text.lower()
     return None if any(phrase in low for phrase in banned) else text
@@ -117,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     prefix_ids = tokenizer(user_turn_prefix(tokenizer), add_special_tokens=False)["input_ids"]
-    llm, make_params = _engine(args, tokenizer)
+    llm, make_params = _engine(args, tokenizer, len(prefix_ids))
     out.parent.mkdir(parents=True, exist_ok=True)
     start, kept_at_start = time.monotonic(), len(seen)
     with out.open("a", encoding="utf-8") as f, tqdm(total=args.count, initial=len(seen), desc="prompts") as bar:
@@ -134,12 +137,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _engine(args: argparse.Namespace, tokenizer: Any):
-    """The engine and a function giving each attempt its own seeded sampling parameters."""
+def _engine(args: argparse.Namespace, tokenizer: Any, prefix_len: int):
+    """The engine and a function giving each attempt its own seeded sampling parameters.
+
+    The token budget holds every prefix of a batch at once: vLLM rewinds a seeded
+    request's generator after a partial prefill, which its CPU build cannot do
+    ("CPU Generator does not use offset"), so no prefill may be split.
+    """
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=args.model, seed=args.seed, max_model_len=1024, dtype=args.dtype,
-              gpu_memory_utilization=args.gpu_memory_utilization, max_num_seqs=args.batch_size)
+              gpu_memory_utilization=args.gpu_memory_utilization, max_num_seqs=args.batch_size,
+              max_num_batched_tokens=max(2048, args.batch_size * (prefix_len + 1)))
     stop = [t for t in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>"))
             if isinstance(t, int) and t >= 0]
 
