@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     prefix_ids = tokenizer(user_turn_prefix(tokenizer), add_special_tokens=False)["input_ids"]
     llm, make_params = _engine(args, tokenizer, len(prefix_ids))
     out.parent.mkdir(parents=True, exist_ok=True)
-    start, kept_at_start = time.monotonic(), len(seen)
+    start, kept_at_start, first_attempt = time.monotonic(), len(seen), attempt
     with out.open("a", encoding="utf-8") as f, tqdm(total=args.count, initial=len(seen), desc="prompts") as bar:
         while len(seen) < args.count:
             attempts = range(attempt, attempt + args.batch_size)
@@ -133,7 +133,9 @@ def run(args: argparse.Namespace) -> int:
             bar.update(min(len(rows), args.count - bar.n))
             attempt += args.batch_size
             bar.set_postfix(kept=f"{(len(seen) - kept_at_start) / (attempt or 1):.0%}")
-    print(f"[self_prompts] {len(seen) - kept_at_start} new prompts in {time.monotonic() - start:.0f} s", flush=True)
+        written = bar.n - kept_at_start
+    print(f"[self_prompts] {written} new prompts from {attempt - first_attempt} attempts in {time.monotonic() - start:.0f} s",
+          flush=True)
     return 0
 
 
