@@ -67,3 +67,14 @@ def test_user_turn_prefix():
     assert S.user_turn_prefix(tok) == "<|im_start|>system\nBe brief<|im_end|>\n<|im_start|>user\n"
     with pytest.raises(NFoxHeadError, match="drops the user message"):
         S.user_turn_prefix(_Template("<s>system only</s>"))
+
+
+def test_committed_set_is_clean():
+    """data/prompts/self-train.jsonl: unique, kept by the rules, no benchmark text."""
+    rows = [row for _, row in S.jsonl_objects(S.BENCH_SETS / "self-train.jsonl")]
+    assert len(rows) >= 1000
+    assert len({r["id"] for r in rows}) == len(rows) == len({normalise(r["prompt"]) for r in rows})
+    bench = S.bench_texts()
+    for r in rows:
+        assert S.clean_prompt(r["prompt"], S.load_config().benchmark_phrases) == r["prompt"], r
+        assert normalise(r["prompt"]) not in bench and r["id"] == S.prompt_id(r["prompt"]), r
