@@ -37,6 +37,29 @@ def policy_heads(tiny_assets, tmp_path_factory) -> Path:
     return heads
 
 
+@pytest.fixture()
+def mismatched_heads(tmp_path) -> list[tuple[str, Path]]:
+    """(start of the refusal message, heads dir) for heads whose hidden size, or whose
+    vocabulary, differs from the tiny model's (hidden 128, vocabulary 384)."""
+    import torch
+
+    from vllm_nfoxhead.core.format import HeadsConfig, save_heads
+    from vllm_nfoxhead.core.heads import NFoxHeads
+
+    made = []
+    for field, config in [
+        ("hidden size 64 but", HeadsConfig(num_heads=2, num_layers=1, hidden_size=64,
+                                            vocab_size=384, shared_lm_head=True)),
+        ("vocabulary size 500 but", HeadsConfig(num_heads=2, num_layers=1, hidden_size=128,
+                                                vocab_size=500, shared_lm_head=False)),
+    ]:
+        torch.manual_seed(0)
+        out = tmp_path / field.split()[0]
+        save_heads(out, config, NFoxHeads(config).state_dict_for_format())
+        made.append((field, out))
+    return made
+
+
 def make_llm(model: Path, heads: Path | None = None, **overrides):
     """A real vLLM engine in float32 (the greedy-equality oracle needs exact math)."""
     from vllm import LLM

@@ -87,23 +87,10 @@ def test_truncated_weights(tiny_assets, heads_copy):
         engine_config(tiny_assets[0], {"model": f"nfoxhead:{heads_copy}"})
 
 
-def test_hidden_size_mismatch(tiny_assets, tmp_path):
-    import torch
-
-    from vllm_nfoxhead.core.format import HeadsConfig, save_heads
-    from vllm_nfoxhead.core.heads import NFoxHeads
-
-    for field, config in [
-        ("hidden size 64 but", HeadsConfig(num_heads=2, num_layers=1, hidden_size=64,
-                                            vocab_size=384, shared_lm_head=True)),
-        ("vocabulary size 500 but", HeadsConfig(num_heads=2, num_layers=1, hidden_size=128,
-                                                vocab_size=500, shared_lm_head=False)),
-    ]:
-        torch.manual_seed(0)
-        out = tmp_path / field.split()[0]
-        save_heads(out, config, NFoxHeads(config).state_dict_for_format())
+def test_hidden_size_mismatch(tiny_assets, mismatched_heads):
+    for field, heads in mismatched_heads:
         with pytest.raises(NFoxHeadError, match=field):
-            engine_config(tiny_assets[0], {"model": f"nfoxhead:{out}"})
+            engine_config(tiny_assets[0], {"model": f"nfoxhead:{heads}"})
 
 
 def test_too_many_speculative_tokens(tiny_assets):

@@ -177,21 +177,8 @@ def test_trees_kept_only_on_bases_with_float_activations(tiny_assets, tmp_path, 
     assert len(warnings) == (0 if tree_kept else 1), warnings
 
 
-def test_heads_for_another_model_refused_on_quantized_base(w8a8, tmp_path):
+def test_heads_for_another_model_refused_on_quantized_base(w8a8, mismatched_heads):
     """Hidden size and vocabulary come from the base's config, quantized or not."""
-    import torch
-
-    from vllm_nfoxhead.core.format import HeadsConfig, save_heads
-    from vllm_nfoxhead.core.heads import NFoxHeads
-
-    for field, config in [
-        ("hidden size 64 but", HeadsConfig(num_heads=2, num_layers=1, hidden_size=64,
-                                            vocab_size=384, shared_lm_head=True)),
-        ("vocabulary size 500 but", HeadsConfig(num_heads=2, num_layers=1, hidden_size=128,
-                                                vocab_size=500, shared_lm_head=False)),
-    ]:
-        torch.manual_seed(0)
-        out = tmp_path / field.split()[0]
-        save_heads(out, config, NFoxHeads(config).state_dict_for_format())
+    for field, heads in mismatched_heads:
         with pytest.raises(NFoxHeadError, match=field):
-            engine_config(w8a8, {"model": f"nfoxhead:{out}"})
+            engine_config(w8a8, {"model": f"nfoxhead:{heads}"})
