@@ -55,6 +55,11 @@ def write_vllm_medusa(
     dest: Path, config: HeadsConfig, tensors: dict[str, torch.Tensor], base_lm_head: torch.Tensor | None
 ) -> None:
     """Write the vLLM Medusa directory `dest` (which must not exist; callers stage it)."""
+    if config.is_draft_layer:
+        raise NFoxHeadError("this is a draft layer (config.json architecture: draft_layer); "
+                            "vLLM's Medusa runs heads that read one hidden state only",
+                            "serve it with nfoxhead:HEADS_DIR, or train Medusa heads with "
+                            "`python -m vllm_nfoxhead.training.train --conditioning none`")
     if config.token_conditioned:
         raise NFoxHeadError("these heads are token-conditioned (config.json conditioning: tokens); "
                             "vLLM's Medusa runs heads that read the hidden state only",

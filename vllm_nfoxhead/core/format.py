@@ -17,11 +17,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from vllm_nfoxhead.core.draft_layer import DraftLayerSpec, layer_shapes
 from vllm_nfoxhead.core.errors import NFoxHeadError
 from vllm_nfoxhead.core.staging import staged_directory
 
 FORMAT_NAME = "nfoxhead"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # heads (architecture "heads"); a draft layer is written as version 2
+LAYER_FORMAT_VERSION = 2
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -40,6 +42,7 @@ def fuse_key(head: int, offset: int) -> str:
 
 
 CONDITIONINGS = ("none", "tokens")
+ARCHITECTURES = ("heads", "draft_layer")
 DRAFT_VOCAB_KEY = "draft_vocab"  # int64 [V'] sorted token ids
 
 
@@ -65,6 +68,11 @@ class HeadsConfig:
     draft_vocab_size: int | None = None
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
+    # "heads": the residual heads above. "draft_layer": one decoder layer over a
+    # window of hidden states that drafts num_heads tokens autoregressively
+    # (core/draft_layer.py); its shape is the `draft_layer` object (DraftLayerSpec).
+    architecture: str = "heads"
+    draft_layer: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. training metrics
 
     _REQUIRED = ("num_heads", "num_layers", "hidden_size", "vocab_size", "shared_lm_head")
@@ -104,6 +112,7 @@ class HeadsConfig:
                 f"{where}: unknown conditioning {data.get('conditioning')!r}",
                 f"use one of {', '.join(CONDITIONINGS)}",
             )
+        _check_architecture(data, where)
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data and k != "extra"}
         known["shared_lm_head"] = bool(known["shared_lm_head"])
         return cls(**known, extra=dict(data.get("extra", {})))
@@ -121,6 +130,11 @@ class HeadsConfig:
         """Every tensor `model.safetensors` must hold, with its shape."""
         h, v = self.hidden_size, self.vocab_size
         shapes: dict[str, tuple[int, ...]] = {}
+        if self.is_draft_layer:
+            shapes.update(layer_shapes(h, self.layer_spec))
+            if self.draft_vocab_size:
+                shapes[DRAFT_VOCAB_KEY] = (self.draft_vocab_size,)
+            return shapes
         for k in range(self.num_heads):
             for layer in range(self.num_layers):
                 shapes[head_key(k, layer, "weight")] = (h, h)
@@ -135,9 +149,38 @@ class HeadsConfig:
         return shapes
 
     @property
+    def is_draft_layer(self) -> bool:
+        return self.architecture == "draft_layer"
+
+    @property
+    def layer_spec(self) -> DraftLayerSpec:
+        """The draft layer's shape (architecture "draft_layer" only)."""
+        return DraftLayerSpec(**(self.draft_layer or {}))
+
+    @property
     def token_conditioned(self) -> bool:
         """Whether head k also reads the tokens t+1..t+k+1 (conditioning "tokens")."""
         return self.conditioning == "tokens"
+
+
+def _check_architecture(data: dict[str, Any], where: str) -> None:
+    """`architecture` must be known, and a draft layer needs a valid `draft_layer` object."""
+    arch = data.get("architecture", "heads")
+    if arch not in ARCHITECTURES:
+        raise NFoxHeadError(f"{where}: unknown architecture {arch!r}",
+                            f"use one of {', '.join(ARCHITECTURES)}, or upgrade vllm-nfoxhead")
+    if arch != "draft_layer":
+        return
+    spec = data.get("draft_layer")
+    try:
+        DraftLayerSpec(**spec)
+    except TypeError:
+        raise NFoxHeadError(f"{where}: architecture draft_layer needs a `draft_layer` object with the fields "
+                            f"of DraftLayerSpec, got {spec!r}",
+                            "re-create the directory with `python -m vllm_nfoxhead.training.train_layer`") from None
+    if not data.get("shared_lm_head", True):
+        raise NFoxHeadError(f"{where}: a draft layer projects through the base LM head (shared_lm_head true)",
+                            "set shared_lm_head to true")
 
 
 def _heads_path(path: str | os.PathLike[str]) -> Path:
@@ -270,7 +313,7 @@ def save_heads(
             {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
              for k, v in tensors.items()},
             str(tmp / WEIGHTS_FILE),
-            metadata={"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)},
+            metadata={"format": FORMAT_NAME, "format_version": str(config.format_version)},
         )
         (tmp / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     return dest

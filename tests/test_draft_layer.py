@@ -1,0 +1,141 @@
+"""The draft layer: serving-time drafting equals the training-time unrolled pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vllm_nfoxhead.core.draft_layer import DraftLayer, DraftLayerSpec, layer_shapes, layer_tensors
+from vllm_nfoxhead.core.drafting import ChainDrafter
+from vllm_nfoxhead.core.layer_drafting import LayerStep, Windows
+from vllm_nfoxhead.core.tree import TreeDrafter, parse_tree
+from vllm_nfoxhead.training.draft_layer_train import unrolled
+
+H, V = 16, 40
+
+
+def small_layer(window: int) -> DraftLayer:
+    torch.manual_seed(0)
+    layer = DraftLayer(H, DraftLayerSpec(num_attention_heads=2, intermediate_size=24, window=window))
+    for p in layer.parameters():  # norms away from 1 so that they matter
+        p.data.normal_(0, 0.3)
+    return layer.double()
+
+
+@pytest.mark.parametrize("window", [3, 64])
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_serving_draft_equals_unrolled_training_pass(window: int, chunk: int) -> None:
+    layer, depth, n = small_layer(window), 4, 12
+    embed = torch.randn(V, H, dtype=torch.float64)
+    feats = torch.randn(1, n, H, dtype=torch.float64)
+    tokens = torch.randint(0, V, (1, n))
+    with torch.no_grad():
+        want = unrolled(layer, feats, tokens, embed, depth)  # depth d: [1, n-1, H]
+        windows = Windows(window)
+        done = 0
+        for i in range(n - depth):
+            while done <= i:  # entries arrive in chunks, as accepted runs do
+                hi = min(done + chunk, i + 1)
+                windows.append("r", layer, layer.entry(feats[0, done:hi], embed[tokens[0, done + 1: hi + 1]]))
+                done = hi
+            if done != i + 1:
+                continue
+            step = LayerStep(layer, windows, ["r"], lambda g: g @ embed.T, lambda ids: embed[ids])
+            rows = torch.zeros(1, dtype=torch.long)
+            for d in range(depth):  # depth d+1 conditions on the true x_{i+d+1}
+                step(d, rows, tokens[:, i + 1: i + d + 2])
+                torch.testing.assert_close(step.g[d][0], want[d][0, i])
+
+
+def test_windows_are_bounded_and_freed() -> None:
+    layer, windows = small_layer(4), Windows(4)
+    for _ in range(3):
+        windows.append("a", layer, torch.randn(3, H, dtype=torch.float64))
+    windows.append("b", layer, torch.randn(1, H, dtype=torch.float64))
+    assert windows.keys["a"].shape[0] == 4 and windows.last_pos["a"] == 8
+    windows.keep_only({"b"})
+    assert "a" not in windows and len(windows) == 1
+    windows.drop("b")
+    assert len(windows) == 0 and not windows.last_entry
+
+
+def test_on_disk_names_and_shapes_agree() -> None:
+    layer = small_layer(4)
+    shapes = layer_shapes(H, layer.spec)
+    assert {k: tuple(v.shape) for k, v in layer_tensors(layer).items()} == shapes
+
+
+def _two_requests(layer: DraftLayer, embed: torch.Tensor) -> Windows:
+    windows = Windows(8)
+    for name, n in (("a", 5), ("b", 2)):
+        feats = torch.randn(n, H, dtype=torch.float64)
+        windows.append(name, layer, layer.entry(feats, embed[torch.randint(0, V, (n,))]))
+    return windows
+
+
+def test_tree_nodes_are_their_paths_chain_drafts() -> None:
+    """Every tree node holds the rank-r token the chain along its path would score there."""
+    layer, embed = small_layer(8), torch.randn(V, H, dtype=torch.float64)
+    windows = _two_requests(layer, embed)
+
+    def new_step() -> LayerStep:
+        return LayerStep(layer, windows, ["a", "b"], lambda g: g @ embed.T, lambda ids: embed[ids])
+
+    tree = parse_tree([[0], [1], [0, 0], [0, 1], [1, 0], [0, 0, 0], [0, 1, 0]])
+    first = torch.tensor([3, 7])
+    with torch.no_grad():
+        drafted = TreeDrafter(tree).draft_conditioned(new_step(), first)  # [2, N]
+        for node, path in enumerate(tree.paths):
+            parents = [tree.paths.index(path[:j]) for j in range(1, len(path))]
+            context = torch.cat([first.view(-1, 1), drafted[:, parents]], dim=1)  # [2, depth]
+            step, rows = new_step(), torch.arange(2)
+            for d in range(len(path)):
+                logits = step(d, rows, context[:, : d + 1])
+            assert torch.equal(drafted[:, node], logits.topk(path[-1] + 1).indices[:, path[-1]])
+        chain = ChainDrafter(3).draft_conditioned(new_step(), first)
+        assert torch.equal(chain, drafted[:, [0, 2, 5]])  # the all-top-1 path is the chain
+
+
+def _layer_config(**over) -> dict:
+    spec = DraftLayerSpec(num_attention_heads=2, intermediate_size=24, window=4)
+    return {"num_heads": 3, "num_layers": 1, "hidden_size": H, "vocab_size": V, "shared_lm_head": True,
+            "dtype": "float32", "conditioning": "tokens", "format_version": 2, "architecture": "draft_layer",
+            "draft_layer": spec.to_dict(), **over}
+
+
+def test_draft_layer_directory_round_trip(tmp_path) -> None:
+    from vllm_nfoxhead.core.format import HeadsConfig, read_heads_tensors, save_heads, validate_heads_dir
+
+    layer = DraftLayer(H, DraftLayerSpec(num_attention_heads=2, intermediate_size=24, window=4))
+    config = HeadsConfig.from_dict(_layer_config(), "test")
+    save_heads(tmp_path / "d", config, layer_tensors(layer))
+    loaded = validate_heads_dir(tmp_path / "d")
+    assert loaded.is_draft_layer and loaded.layer_spec == layer.spec and loaded.format_version == 2
+    tensors = read_heads_tensors(tmp_path / "d", loaded)
+    assert all(torch.equal(tensors[k], v) for k, v in layer_tensors(layer).items())
+
+
+@pytest.mark.parametrize("over, says", [
+    ({"architecture": "mystery"}, "unknown architecture 'mystery'"),
+    ({"draft_layer": None}, "needs a `draft_layer` object"),
+    ({"draft_layer": {"window": 4, "heads": 2}}, "needs a `draft_layer` object"),
+    ({"shared_lm_head": False}, "shared_lm_head true"),
+])
+def test_bad_draft_layer_configs_get_one_line(over: dict, says: str) -> None:
+    from vllm_nfoxhead.core.errors import NFoxHeadError
+    from vllm_nfoxhead.core.format import HeadsConfig
+
+    with pytest.raises(NFoxHeadError, match=says) as exc:
+        HeadsConfig.from_dict(_layer_config(**over), "x/config.json")
+    assert "\n" not in str(exc.value)
+
+
+def test_vllm_medusa_export_refuses_a_draft_layer(tmp_path) -> None:
+    from conversion.vllm_medusa import write_vllm_medusa
+    from vllm_nfoxhead.core.errors import NFoxHeadError
+    from vllm_nfoxhead.core.format import HeadsConfig
+
+    layer = DraftLayer(H, DraftLayerSpec(num_attention_heads=2, intermediate_size=24, window=4))
+    with pytest.raises(NFoxHeadError, match="draft layer"):
+        write_vllm_medusa(tmp_path / "m", HeadsConfig.from_dict(_layer_config(), "t"), layer_tensors(layer),
+                          torch.zeros(V, H))

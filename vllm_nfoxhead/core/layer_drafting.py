@@ -1,0 +1,136 @@
+"""Drafting with the draft layer at serving time (no vLLM import).
+
+Per request the proposer keeps the draft layer's keys and values of its last W
+true entries (`Windows`): bounded memory, freed when the request finishes, is
+aborted or is preempted (a resumed request starts a fresh window, as it does
+after its prompt). Each step it appends the entries of the newly accepted
+positions, z_j = Fuse([f_j ; e(x_{j+1})]); the last one (the position that
+sampled this step's token) is the first query. Drafting then feeds the
+layer's output back, depth by depth (`draft_chain`).
+
+Visibility is the training mask (training/draft_layer_train.py): a query at
+position p sees true entries at positions > p - W, and its own drafted
+ancestors. The two are checked to agree in tests/test_draft_layer.py.
+
+Shapes: B requests, L longest window, nh heads of hd, H hidden size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from vllm_nfoxhead.core.draft_layer import DraftLayer, attend
+
+
+class Windows:
+    """Per request: keys, values [n <= W, nh, hd], the position of its last entry and
+    that entry z [H] (the first query of the next draft)."""
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.keys: dict[str, torch.Tensor] = {}
+        self.values: dict[str, torch.Tensor] = {}
+        self.last_pos: dict[str, int] = {}
+        self.last_entry: dict[str, torch.Tensor] = {}
+
+    def __contains__(self, req_id: str) -> bool:
+        return req_id in self.keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def append(self, req_id: str, layer: DraftLayer, z: torch.Tensor, start: int | None = None) -> None:
+        """Add entries z [n, H] at positions start.. (default: after the request's last entry).
+
+        A start that does not follow the last entry (the request was preempted
+        and recomputed, or entries were missed) begins a fresh window.
+        """
+        if start is None:
+            start = self.last_pos.get(req_id, -1) + 1
+        elif self.last_pos.get(req_id, start - 1) != start - 1:
+            self.drop(req_id)
+        pos = torch.arange(start, start + len(z), device=z.device)
+        k, v = layer.keys_values(z, pos)  # [n, nh, hd]
+        if req_id in self.keys:
+            k, v = torch.cat([self.keys[req_id], k]), torch.cat([self.values[req_id], v])
+        self.keys[req_id], self.values[req_id] = k[-self.window:], v[-self.window:]
+        self.last_pos[req_id] = start + len(z) - 1
+        self.last_entry[req_id] = z[-1]
+
+    def drop(self, req_id: str) -> None:
+        """Forget a request (finished, aborted, preempted)."""
+        self.keys.pop(req_id, None)
+        self.values.pop(req_id, None)
+        self.last_pos.pop(req_id, None)
+        self.last_entry.pop(req_id, None)
+
+    def keep_only(self, live: set[str]) -> None:
+        """Drop every request not in `live`."""
+        for req_id in [r for r in self.keys if r not in live]:
+            self.drop(req_id)
+
+    def padded(self, req_ids: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """keys, values [B, L, nh, hd] (left-padded), key positions [B, L] int64 (-huge on padding),
+        last positions [B] int64."""
+        longest = max(len(self.keys[r]) for r in req_ids)
+        k0 = self.keys[req_ids[0]]
+        keys = k0.new_zeros(len(req_ids), longest, *k0.shape[1:])
+        values = torch.zeros_like(keys)
+        pos = torch.full((len(req_ids), longest), -(1 << 40), dtype=torch.long, device=k0.device)
+        for b, r in enumerate(req_ids):
+            n = len(self.keys[r])
+            keys[b, longest - n:], values[b, longest - n:] = self.keys[r], self.values[r]
+            pos[b, longest - n:] = torch.arange(self.last_pos[r] - n + 1, self.last_pos[r] + 1, device=k0.device)
+        last = torch.tensor([self.last_pos[r] for r in req_ids], dtype=torch.long, device=k0.device)
+        return keys, values, pos, last
+
+
+Project = Callable[[torch.Tensor], torch.Tensor]  # g [M, H] -> logits [M, V']
+Embed = Callable[[torch.Tensor], torch.Tensor]  # token ids [M] -> input embeddings [M, H]
+
+
+class LayerStep:
+    """A `drafting.HeadStep` for the draft layer: step(k, rows, context) -> logits [M, V'].
+
+    Depth k's candidate (row, context [k+1 tokens]) continues its parent
+    (row, context[:k]) from the previous call: its query entry is
+    Fuse([g_parent ; e(context[k])]) at position last + k, and it sees its
+    request's window plus its ancestors' drafted entries. Depth 0's query is
+    the window's last entry. ChainDrafter and TreeDrafter call depths in order,
+    each with its parents among the previous call's candidates.
+    """
+
+    def __init__(self, layer: DraftLayer, windows: Windows, req_ids: list[str],
+                 project: Project, embed: Embed) -> None:
+        self.layer, self.project, self.embed, self.w = layer, project, embed, windows.window
+        self.keys, self.values, self.kpos, self.last = windows.padded(req_ids)  # [B, L, nh, hd], [B, L], [B]
+        self.root = torch.stack([windows.last_entry[r] for r in req_ids])  # [B, H]
+        self.g: list[torch.Tensor] = []  # per depth: outputs [M_k, H]
+        self.extra: list[tuple[torch.Tensor, torch.Tensor]] = []  # per depth: own+ancestor K, V [M_k, k, nh, hd]
+        self.index: list[dict[tuple[int, ...], int]] = []  # per depth: (row, *context) -> candidate
+
+    def __call__(self, k: int, rows: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        keys = [(r, *c) for r, c in zip(rows.tolist(), context.tolist())]
+        qpos = self.last[rows] + k  # [M]
+        if k == 0:
+            z = self.root[rows]
+            ek = self.keys.new_zeros(len(rows), 0, *self.keys.shape[2:])
+            ev = ek
+        else:
+            parent = torch.tensor([self.index[k - 1][c[:-1]] for c in keys], device=rows.device)
+            z = self.layer.entry(self.g[k - 1][parent], self.embed(context[:, k]))
+            nk, nv = self.layer.keys_values(z.unsqueeze(1), qpos.unsqueeze(1))  # [M, 1, nh, hd]
+            ek = torch.cat([self.extra[k - 1][0][parent], nk], dim=1)
+            ev = torch.cat([self.extra[k - 1][1][parent], nv], dim=1)
+        visible = qpos.unsqueeze(1) - self.kpos[rows] < self.w  # [M, L]
+        mask = torch.cat([visible, visible.new_ones(len(rows), ek.shape[1])], dim=1)
+        q = self.layer.query(z.unsqueeze(1), qpos.unsqueeze(1)).squeeze(1)  # [M, nh, hd]
+        g = self.layer.finish(z, attend(q, torch.cat([self.keys[rows], ek], 1),
+                                        torch.cat([self.values[rows], ev], 1), mask))  # [M, H]
+        del self.g[k:], self.extra[k:], self.index[k:]
+        self.g.append(g)
+        self.extra.append((ek, ev))
+        self.index.append({c: m for m, c in enumerate(keys)})
+        return self.project(g)

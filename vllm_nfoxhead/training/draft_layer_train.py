@@ -1,0 +1,209 @@
+"""Training and offline evaluation of the draft layer (core.draft_layer; no vLLM import).
+
+Every answer is cut to the positions the proposer sees (the prompt's last
+position onward, `crop`) and run through the layer *unrolled*: depth 1 reads
+the true entries z_i = Fuse([f_i ; e(x_{i+1})]); depth d >= 2 reads its own
+depth d-1 output g in place of f, attends to the true window plus its own
+drafted entries of depths 2..d, exactly as drafting at serving time does
+(training-time test, as in HASS/EAGLE-3). The token it conditions on is the
+true one: a chain only goes on when every earlier draft was right.
+
+    loss = sum_d decay^(d-1) * (CE(lm_head(g_d,i), x_{i+d+1}) + reg * SmoothL1(g_d,i, f_{i+d}))
+
+The same pass, without gradients, is the offline acceptance walk
+(`evaluate_layer`): run_i = leading depths whose argmax is right, read by
+trainer.step_accept as vLLM walks an answer.
+
+Shapes: B sequences per batch, n positions per cropped sequence (padded to
+n_max), m = n_max - 1 entries, H hidden size, V' draft vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from vllm_nfoxhead.core.draft_layer import DraftLayer
+from vllm_nfoxhead.training.trainer import IGNORE, Sequences, step_accept
+
+
+@dataclass
+class Crops:
+    """Answers from the last prompt position on: feats [N_c, H] (bf16), tokens [N_c] int64,
+    starts [S+1] offsets of each cropped sequence in the flat tensors."""
+
+    feats: torch.Tensor
+    tokens: torch.Tensor
+    starts: list[int]
+
+    @classmethod
+    def build(cls, seqs: Sequences, hidden: torch.Tensor) -> "Crops":
+        feats, tokens, starts, off = [], [], [0], 0
+        for ids, a in zip(seqs.ids, seqs.answer_start):
+            lo = max(a - 1, 0)
+            feats.append(hidden[off + lo: off + len(ids)])
+            tokens.append(torch.tensor(ids[lo:], dtype=torch.long))
+            starts.append(starts[-1] + len(ids) - lo)
+            off += len(ids)
+        return cls(torch.cat(feats), torch.cat(tokens), starts)
+
+    def __len__(self) -> int:
+        return len(self.starts) - 1
+
+    def length(self, s: int) -> int:
+        return self.starts[s + 1] - self.starts[s]
+
+    def batch(self, index: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Padded feats [B, n_max, H] float32, tokens [B, n_max] int64, lengths [B] int64."""
+        n_max = max(self.length(s) for s in index)
+        f = torch.zeros(len(index), n_max, self.feats.shape[1])
+        x = torch.zeros(len(index), n_max, dtype=torch.long)
+        for r, s in enumerate(index):
+            lo, hi = self.starts[s], self.starts[s + 1]
+            f[r, : hi - lo] = self.feats[lo:hi].float()
+            x[r, : hi - lo] = self.tokens[lo:hi]
+        lens = torch.tensor([self.length(s) for s in index])
+        return f.to(device), x.to(device), lens.to(device)
+
+
+def unrolled(layer: DraftLayer, feats: torch.Tensor, tokens: torch.Tensor, embed: torch.Tensor,
+             depth: int) -> list[torch.Tensor]:
+    """g of every depth: feats [B, n, H], tokens [B, n] -> depth d: [B, m, H], m = n - 1.
+
+    Row i of depth d stands in for f_{i+d}. Padding rows compute garbage that
+    the losses mask.
+    """
+    b, n, _ = feats.shape
+    m, w = n - 1, layer.spec.window
+    x = torch.cat([tokens, tokens.new_zeros(b, depth)], dim=1)  # [B, n + depth]
+    pos = torch.arange(m, device=feats.device)  # [m]
+    z = layer.entry(feats[:, :-1], embed[x[:, 1: 1 + m]])  # [B, m, H]
+    keys, values = layer.keys_values(z, pos)  # [B, m, nh, hd]
+    i, j = pos.view(-1, 1), pos.view(1, -1)
+    outs, extra_k, extra_v = [], [], []
+    g = None
+    for d in range(1, depth + 1):
+        if d > 1:
+            z = layer.entry(g, embed[x[:, d: d + m]])  # query at position i + d - 1
+            k_d, v_d = layer.keys_values(z, pos + d - 1)
+            extra_k.append(k_d)
+            extra_v.append(v_d)
+        q = layer.query(z, pos + d - 1)  # [B, m, nh, hd]
+        visible = (j <= i) & (i + d - 1 - j < w)  # [m, m] true keys in the window
+        scores = torch.einsum("bihd,bjhd->bhij", q.float(), keys.float()).masked_fill(~visible, float("-inf"))
+        if extra_k:
+            own = torch.stack([(q.float() * k.float()).sum(-1) for k in extra_k], dim=-1)  # [B, m, nh, d-1]
+            scores = torch.cat([scores, own.permute(0, 2, 1, 3)], dim=-1)  # [B, nh, m, m + d - 1]
+        probs = scores.softmax(-1)
+        out = torch.einsum("bhij,bjhd->bihd", probs[..., :m], values.float())
+        for e, v in enumerate(extra_v):
+            out = out + probs[..., m + e].permute(0, 2, 1).unsqueeze(-1) * v.float()
+        g = layer.finish(z, out.to(z.dtype))
+        outs.append(g)
+    return outs
+
+
+def depth_targets(tokens: torch.Tensor, lens: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(targets [B, m] = x_{i+d+1} or IGNORE, valid [B, m] bool) for depth d."""
+    b, n = tokens.shape
+    m = n - 1
+    i = torch.arange(m, device=tokens.device)
+    valid = (i.view(1, -1) + d + 1) < lens.view(-1, 1)
+    x = torch.cat([tokens, tokens.new_zeros(b, d + 1)], dim=1)[:, d + 1: d + 1 + m]
+    return torch.where(valid, x, torch.full_like(x, IGNORE)), valid
+
+
+@dataclass
+class LayerTrainConfig:
+    depth: int = 4
+    epochs: float = 1.0
+    lr: float = 5e-4
+    batch_tokens: int = 4096
+    warmup: float = 0.03
+    decay: float = 0.8
+    reg: float = 1.0
+    seed: int = 0
+
+
+def layer_loss(layer: DraftLayer, feats: torch.Tensor, tokens: torch.Tensor, lens: torch.Tensor,
+               embed: torch.Tensor, lm_rows: torch.Tensor, remap: torch.Tensor,
+               cfg: LayerTrainConfig) -> tuple[torch.Tensor, list[float]]:
+    """Summed loss and per-depth top-1 accuracy (over the draft vocabulary)."""
+    total, accs = feats.new_zeros(()), []
+    for d, g in enumerate(unrolled(layer, feats, tokens, embed, cfg.depth), start=1):
+        tgt, valid = depth_targets(tokens, lens, d)
+        if not bool(valid.any()):
+            accs.append(float("nan"))
+            continue
+        rows = g[valid]  # [P, H]
+        logits = rows @ lm_rows.T  # [P, V']
+        t = remap[tgt[valid]]
+        ce = nn.functional.cross_entropy(logits.float(), t, ignore_index=IGNORE)
+        feat_t = torch.cat([feats[:, d:], feats.new_zeros(feats.shape[0], d, feats.shape[2])], dim=1)[:, : g.shape[1]]
+        reg = nn.functional.smooth_l1_loss(rows.float(), feat_t[valid])
+        total = total + cfg.decay ** (d - 1) * (ce + cfg.reg * reg)
+        accs.append(float((logits.argmax(-1) == t).float().mean()))
+    return total, accs
+
+
+def length_batches(crops: Crops, order: list[int], batch_tokens: int) -> list[list[int]]:
+    """Sequences grouped by similar length so that B * n_max stays near `batch_tokens`."""
+    by_len = sorted(order, key=crops.length)
+    batches, cur = [], []
+    for s in by_len:
+        if cur and (len(cur) + 1) * crops.length(s) > batch_tokens:
+            batches.append(cur)
+            cur = []
+        cur.append(s)
+    return batches + ([cur] if cur else [])
+
+
+def batch_stream(crops: Crops, rows: list[int], batch_tokens: int, gen: torch.Generator) -> Iterator[list[int]]:
+    """Endless length-grouped batches in a fresh random order every pass."""
+    while True:
+        batches = length_batches(crops, rows, batch_tokens)
+        for k in torch.randperm(len(batches), generator=gen).tolist():
+            yield batches[k]
+
+
+@torch.no_grad()
+def evaluate_layer(layer: DraftLayer, crops: Crops, rows: list[int], embed: torch.Tensor,
+                   lm_rows: torch.Tensor, vocab: torch.Tensor, depth: int, device: torch.device,
+                   batch_tokens: int = 8192) -> dict[str, Any]:
+    """Offline walk over sequences `rows`: top-1 per depth, chain_accept and step_accept (vLLM's walk)."""
+    layer.eval()
+    hits = torch.zeros(depth)
+    counts = torch.zeros(depth)
+    seq_ids, runs = [], []
+    for index in length_batches(crops, rows, batch_tokens):
+        feats, tokens, lens = crops.batch(index, device)
+        right = []
+        for d, g in enumerate(unrolled(layer, feats, tokens, embed, depth), start=1):
+            tgt, valid = depth_targets(tokens, lens, d)
+            pred = vocab[(g @ lm_rows.T).argmax(-1)]  # [B, m] token ids
+            ok = (pred == tgt) & valid
+            hits[d - 1] += ok.sum().item()
+            counts[d - 1] += valid.sum().item()
+            right.append(ok)
+        run = torch.stack(right).long().cumprod(0).sum(0)  # [B, m] leading depths right
+        for r, s in enumerate(index):
+            n_pos = max(crops.length(s) - 2, 0)  # positions with a next-but-one token
+            seq_ids.append(torch.full((n_pos,), s))
+            runs.append(run[r, :n_pos].cpu())
+    layer.train()
+    seq, run = torch.cat(seq_ids), torch.cat(runs)
+    order = torch.argsort(seq, stable=True)
+    return {"positions": len(run), "top1": [round(float(h / max(c, 1)), 4) for h, c in zip(hits, counts)],
+            "chain_accept": round(1 + float(run.float().mean()), 4),
+            "step_accept": round(step_accept(seq[order], run[order]), 4)}
+
+
+def cosine(step: int, total: int, warm: int) -> float:
+    if step < warm:
+        return (step + 1) / warm
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))

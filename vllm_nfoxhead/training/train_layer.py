@@ -1,0 +1,226 @@
+"""CLI: train a draft layer (core/draft_layer.py) on self-distilled answers.
+
+    python -m vllm_nfoxhead.training.train_layer --model DIR --data a.jsonl [b.jsonl ...] --output DIR \
+        [--eval-data bench.jsonl ...] [--depth 4] [--window 64] [--epochs 1] [--time-limit 90]
+
+Same data and hidden-state cache as `vllm_nfoxhead.training.train`. Training
+stops after --epochs or --time-limit minutes, whichever is first; a
+checkpoint (<output>.ckpt.pt) is written every few minutes and a rerun of the
+same command resumes from it. The output is a heads directory (format
+version 2, architecture "draft_layer") with the held-out offline walk of
+every --eval-data file in config.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vllm_nfoxhead.core.draft_layer import DraftLayer, DraftLayerSpec, layer_tensors
+from vllm_nfoxhead.core.dtype_choice import AUTO_HELP, DTYPE_CHOICES, resolve_dtype
+from vllm_nfoxhead.core.errors import NFoxHeadError
+from vllm_nfoxhead.core.format import DRAFT_VOCAB_KEY, LAYER_FORMAT_VERSION, HeadsConfig, save_heads
+from vllm_nfoxhead.training.draft_layer_train import (
+    Crops, LayerTrainConfig, batch_stream, cosine, evaluate_layer, layer_loss,
+)
+from vllm_nfoxhead.training.train import check_data_fits, default_cache_dir, say
+from vllm_nfoxhead.training.trainer import (
+    IGNORE, cache_key, cached_hidden_states, embed_weight, join_sequences, lm_head_weight, load_base,
+    read_sequences, seed_everything,
+)
+
+CHECKPOINT_MINUTES = 5.0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    d, s = LayerTrainConfig(), DraftLayerSpec()
+    p = argparse.ArgumentParser(prog="python -m vllm_nfoxhead.training.train_layer",
+                                description="Train an EAGLE-style draft layer for a base model.")
+    p.add_argument("--model", required=True, help="base model directory (transformers checkpoint)")
+    p.add_argument("--data", required=True, nargs="+", help="datagen JSONL file(s) to train on")
+    p.add_argument("--eval-data", nargs="*", default=[], help="datagen JSONL file(s) to report the offline walk on")
+    p.add_argument("--output", required=True, help="heads directory to write")
+    p.add_argument("--force", action="store_true", help="replace --output if it exists")
+    p.add_argument("--depth", type=int, default=d.depth, help="drafted tokens trained (unrolled depths; default %(default)s)")
+    p.add_argument("--window", type=int, default=s.window, help="true positions a request keeps (default %(default)s)")
+    p.add_argument("--intermediate-size", type=int, default=None, help="MLP width (default: the base model's)")
+    p.add_argument("--epochs", type=float, default=d.epochs, help="passes over the training answers (default %(default)s)")
+    p.add_argument("--time-limit", type=float, default=90.0, help="minutes of training at most (default %(default)s)")
+    p.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate (default %(default)s)")
+    p.add_argument("--batch-tokens", type=int, default=d.batch_tokens, help="answer tokens per step (default %(default)s)")
+    p.add_argument("--reg", type=float, default=d.reg, help="weight of the feature regression (default %(default)s)")
+    p.add_argument("--decay", type=float, default=d.decay, help="loss weight of depth d is decay^(d-1)")
+    p.add_argument("--max-len", type=int, default=1024, help="tokens per sequence (prompt + answer)")
+    p.add_argument("--eval-fraction", type=float, default=0.05, help="held-out share of training sequences")
+    p.add_argument("--base-dtype", choices=DTYPE_CHOICES, default="auto", help=AUTO_HELP)
+    p.add_argument("--seed", type=int, default=d.seed, help="seed for initialisation, order and split")
+    p.add_argument("--cache-dir", default=None, help="hidden-state cache (as in vllm_nfoxhead.training.train)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    for flag in ("depth", "window", "batch_tokens"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.epochs <= 0 or args.time_limit <= 0:
+        p.error("--epochs and --time-limit must be positive")
+    return args
+
+
+def load_crops(args: argparse.Namespace, files: list[str], model: torch.nn.Module, dtype: str,
+               cache: Path, vocab_size: int) -> Crops:
+    """Answers of `files` with their cached hidden states, cropped to what the proposer sees."""
+    parts = [read_sequences(f, args.max_len) for f in files]
+    hidden = []
+    for f, part in zip(files, parts):
+        check_data_fits(part, vocab_size, args.model)
+        file = cache / f"{cache_key(f, args.model, args.max_len, dtype)}.safetensors"
+        h, cached = cached_hidden_states(lambda: model, part, file)
+        say(f"hidden states of {f} {'read from' if cached else 'written to'} {file}")
+        hidden.append(h)
+    return Crops.build(join_sequences(parts), torch.cat(hidden))
+
+
+def split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    k = max(1, round(n * fraction)) if fraction > 0 and n > 1 else 0
+    return sorted(order[k:]), sorted(order[:k])
+
+
+def seen_vocab(crops: Crops, rows: list[int], vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(vocab [V'] sorted ids drafted tokens may take, remap [V] id -> column or IGNORE)."""
+    seen = torch.unique(torch.cat([crops.tokens[crops.starts[s] + 2: crops.starts[s + 1]] for s in rows]))
+    remap = torch.full((vocab_size,), IGNORE, dtype=torch.long)
+    remap[seen] = torch.arange(len(seen))
+    return seen, remap
+
+
+def train(args: argparse.Namespace) -> Path:
+    out = Path(args.output)
+    if out.exists() and not args.force:
+        raise NFoxHeadError(f"{out} already exists", "choose another --output or pass --force")
+    for f in [*args.data, *args.eval_data]:
+        if not Path(f).is_file():
+            raise NFoxHeadError(f"data file {f} does not exist", "run `python -m vllm_nfoxhead.training.datagen` first")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    dtype = resolve_dtype(args.base_dtype, "cpu")
+    cache = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    model = load_base(args.model, torch.device("cpu"), dtype)
+    lm_head = lm_head_weight(model).detach().float()  # [V, H]
+    embed = embed_weight(model).detach().float()  # [V, H]
+    hidden_size, vocab_size = lm_head.shape[1], lm_head.shape[0]
+    crops = load_crops(args, args.data, model, dtype, cache, vocab_size)
+    evals = {f: load_crops(args, [f], model, dtype, cache, vocab_size) for f in args.eval_data}
+    del model
+    train_rows, held_out = split(len(crops), args.eval_fraction, args.seed)
+    vocab, remap = seen_vocab(crops, train_rows, vocab_size)
+    spec = DraftLayerSpec(num_attention_heads=max(1, hidden_size // 64),
+                          intermediate_size=args.intermediate_size or _base_intermediate(args.model, hidden_size),
+                          window=args.window)
+    cfg = LayerTrainConfig(depth=args.depth, epochs=args.epochs, lr=args.lr, batch_tokens=args.batch_tokens,
+                           decay=args.decay, reg=args.reg, seed=args.seed)
+    layer = DraftLayer(hidden_size, spec)
+    metrics = fit(layer, crops, train_rows, embed, lm_head[vocab], remap, cfg, args, out)
+    lm_rows = lm_head[vocab]
+    reports = {}
+    if held_out:
+        reports["held_out"] = evaluate_layer(layer, crops, held_out, embed, lm_rows, vocab, cfg.depth,
+                                             torch.device("cpu"))
+    for f, c in evals.items():
+        reports[f] = evaluate_layer(layer, c, list(range(len(c))), embed, lm_rows, vocab, cfg.depth, torch.device("cpu"))
+    for name, r in reports.items():
+        say(f"offline walk on {name}: chain {r['chain_accept']}, steps {r['step_accept']}, top-1 {r['top1']}")
+    hc = HeadsConfig(num_heads=cfg.depth, num_layers=1, hidden_size=hidden_size, vocab_size=vocab_size,
+                     shared_lm_head=True, base_model=str(args.model), dtype="bfloat16", conditioning="tokens",
+                     draft_vocab_size=len(vocab), format_version=LAYER_FORMAT_VERSION,
+                     architecture="draft_layer", draft_layer=spec.to_dict(),
+                     extra={"training": {**dataclasses.asdict(cfg), "data": args.data, "window": args.window},
+                            **metrics, "offline_walk": reports})
+    tensors = {**layer_tensors(layer), DRAFT_VOCAB_KEY: vocab}
+    path = save_heads(out, hc, tensors, overwrite=args.force)
+    _checkpoint_file(out).unlink(missing_ok=True)
+    say(f"wrote {path}")
+    return path
+
+
+def _base_intermediate(model_dir: str, hidden_size: int) -> int:
+    import json
+
+    return int(json.loads((Path(model_dir) / "config.json").read_text()).get("intermediate_size", 4 * hidden_size))
+
+
+def _checkpoint_file(out: Path) -> Path:
+    return out.with_name(out.name + ".ckpt.pt")
+
+
+def fit(layer: DraftLayer, crops: Crops, rows: list[int], embed: torch.Tensor, lm_rows: torch.Tensor,
+        remap: torch.Tensor, cfg: LayerTrainConfig, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """AdamW with warm-up and cosine decay, checkpointed; stops at the epoch or time budget."""
+    from tqdm import tqdm
+
+    tokens = sum(crops.length(s) for s in rows)
+    steps = max(1, math.ceil(cfg.epochs * tokens / cfg.batch_tokens))
+    opt = torch.optim.AdamW(layer.parameters(), lr=cfg.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine(s, steps, max(1, round(cfg.warmup * steps))))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    start, spent, ckpt = 0, 0.0, _checkpoint_file(out)
+    if ckpt.is_file():
+        state = torch.load(ckpt, weights_only=False)
+        layer.load_state_dict(state["layer"]), opt.load_state_dict(state["opt"]), sched.load_state_dict(state["sched"])
+        gen.set_state(state["gen"])
+        start, spent = state["step"], state["seconds"]
+        say(f"resuming from {ckpt} at step {start} of {steps}")
+    stream = batch_stream(crops, rows, cfg.batch_tokens, gen)
+    t0, saved, loss, accs = time.monotonic() - spent, time.monotonic(), float("nan"), []
+    bar = tqdm(range(start, steps), desc="train", unit="step", disable=args.quiet, initial=start, total=steps)
+    step = start
+    for step in bar:
+        if time.monotonic() - t0 > args.time_limit * 60:
+            say(f"time limit reached at step {step} of {steps}")
+            break
+        feats, toks, lens = crops.batch(next(stream), torch.device("cpu"))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            total, accs = layer_loss(layer, feats, toks, lens, embed, lm_rows, remap, cfg)
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(layer.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        loss = total.item()
+        bar.set_postfix(loss=f"{loss:.3f}", acc="/".join(f"{a:.2f}" for a in accs))
+        if time.monotonic() - saved > CHECKPOINT_MINUTES * 60:
+            _save_checkpoint(ckpt, layer, opt, sched, gen, step + 1, time.monotonic() - t0)
+            saved = time.monotonic()
+    else:
+        step = steps
+    return {"steps": step, "planned_steps": steps, "train_tokens": tokens, "final_loss": round(loss, 4),
+            "train_seconds": round(time.monotonic() - t0, 1)}
+
+
+def _save_checkpoint(path: Path, layer: DraftLayer, opt: Any, sched: Any, gen: torch.Generator,
+                     step: int, seconds: float) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"layer": layer.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "gen": gen.get_state(), "step": step, "seconds": seconds}, tmp)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        train(args)
+    except NFoxHeadError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
