@@ -37,6 +37,14 @@ def policy_heads(tiny_assets, tmp_path_factory) -> Path:
     return heads
 
 
+@pytest.fixture(scope="session")
+def draft_layer(tiny_assets, tmp_path_factory) -> Path:
+    """A draft layer (architecture draft_layer) fitted to the tiny model, window 16."""
+    from vllm_nfoxhead.models.tiny_model import write_fitted_layer
+
+    return write_fitted_layer(tiny_assets[0], tmp_path_factory.mktemp("layer") / "layer")
+
+
 @pytest.fixture()
 def mismatched_heads(tmp_path) -> list[tuple[str, Path]]:
     """(start of the refusal message, heads dir) for heads whose hidden size, or whose

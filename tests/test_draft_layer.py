@@ -139,3 +139,35 @@ def test_vllm_medusa_export_refuses_a_draft_layer(tmp_path) -> None:
     with pytest.raises(NFoxHeadError, match="draft layer"):
         write_vllm_medusa(tmp_path / "m", HeadsConfig.from_dict(_layer_config(), "t"), layer_tensors(layer),
                           torch.zeros(V, H))
+
+
+def test_offline_walk_counts_what_serving_drafts_accept() -> None:
+    """evaluate_layer's per-position runs equal greedy chains drafted position by position
+    at serving time and checked against the true continuation."""
+    from vllm_nfoxhead.training.draft_layer_train import Crops, evaluate_layer
+    from vllm_nfoxhead.training.trainer import Sequences, step_accept
+
+    layer, depth, n = small_layer(6), 3, 14
+    embed = torch.randn(V, H, dtype=torch.float64)
+    # A repetitive sequence, so that some drafts are right.
+    ids = ([5, 6, 7, 8] * 5)[:n]
+    feats = embed[torch.tensor(ids)] * 0.5
+    crops = Crops.build(Sequences([ids], [1]), feats)
+    vocab = torch.tensor([5, 6, 7, 8])  # a draft vocabulary of the 4 ids: chance hits 1 in 4
+    with torch.no_grad():
+        walk = evaluate_layer(layer, crops, [0], embed, embed[vocab], vocab, depth, torch.device("cpu"))
+        runs = []
+        for i in range(n - 2):
+            windows = Windows(6)
+            windows.append("r", layer, layer.entry(feats[: i + 1], embed[torch.tensor(ids[1: i + 2])]))
+            step = LayerStep(layer, windows, ["r"], lambda g: g @ embed[vocab].T, lambda x: embed[x])
+            drafted = ChainDrafter(depth).draft_conditioned(step, torch.tensor([ids[i + 1]]), vocab=vocab)[0].tolist()
+            truth = ids[i + 2: i + 2 + depth]
+            run = 0
+            while run < len(truth) and drafted[run] == truth[run]:
+                run += 1
+            runs.append(run)
+    assert 0 < sum(runs) < depth * len(runs)  # some drafts right, some wrong
+    assert walk["chain_accept"] == pytest.approx(1 + sum(runs) / len(runs), abs=1e-4)
+    assert walk["step_accept"] == pytest.approx(step_accept(torch.zeros(len(runs), dtype=torch.long),
+                                                            torch.tensor(runs)), abs=1e-4)

@@ -82,3 +82,10 @@ def test_chain_sampling_matches_plain_sampling(tiny_assets, plain_samples):
     spec, accepted = sample(tiny_assets[0], {"model": f"nfoxhead:{tiny_assets[1]}", "tree": "chain"})
     assert accepted > 0.1 * 3 * N_SAMPLES
     assert min(p_values(plain_samples, spec)) > ALPHA
+
+
+def test_draft_layer_sampling_matches_plain_sampling(tiny_assets, draft_layer, plain_samples):
+    """The draft layer through the tree path under sampling: lossless as well."""
+    spec, accepted = sample(tiny_assets[0], {"model": f"nfoxhead:{draft_layer}", "tree": TREE})
+    assert accepted > 0.1 * 3 * N_SAMPLES
+    assert min(p_values(plain_samples, spec)) > ALPHA

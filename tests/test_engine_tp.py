@@ -114,3 +114,15 @@ def test_conditioned_heads_sharing_the_lm_head_with_a_draft_vocabulary(tiny_asse
         rate = tokens_per_step(llm)
     print(f"TP=2 conditioned heads, shared LM head, draft vocabulary: {rate:.2f} tokens per step")
     assert rate > 1.4
+
+
+def test_draft_layer_under_kv_pressure(tiny_assets, draft_layer, plain_tp_outputs):
+    """The draft layer keeps per-request windows on every rank: under preemption and
+    chunked prefill both ranks must keep the same windows (digests compared every step)."""
+    spec = {"model": f"nfoxhead:{draft_layer}", "tree": MIXED, "lookup": 0, "rank_check_interval": 1}
+    with tp_llm(tiny_assets[0], speculative_config=spec, **KV_PRESSURE) as llm:
+        assert token_ids(llm.generate(PROMPTS, GREEDY, use_tqdm=False)) == plain_tp_outputs
+        assert metric(llm, "vllm:num_preemptions").value > 0
+        rate = tokens_per_step(llm)
+    print(f"TP=2 draft layer under KV pressure: {rate:.2f} tokens per step")
+    assert rate > 1.4

@@ -23,7 +23,7 @@ from vllm_nfoxhead.core.format import DRAFT_VOCAB_KEY, HeadsConfig, head_key, re
 from vllm_nfoxhead.core.heads import ResidualStack
 
 
-def _load_projection(head: nn.Module, weight: torch.Tensor) -> None:
+def load_projection(head: nn.Module, weight: torch.Tensor) -> None:
     """Load a ParallelLMHead's [V, H] weight the way vLLM's own loader does."""
     param = head.weight
     src = weight.to(param.dtype)
@@ -132,7 +132,7 @@ class VllmNFoxHeads(nn.Module):
         self.residual.load_from(tensors)
         if self.lm_heads is not None:
             for k, lm_head in enumerate(self.lm_heads):
-                _load_projection(lm_head, tensors[head_key(k, None, "weight")])
+                load_projection(lm_head, tensors[head_key(k, None, "weight")])
         if self.draft_heads is not None:
             self._load_draft_heads(tensors)
 
@@ -145,7 +145,7 @@ class VllmNFoxHeads(nn.Module):
             with torch.no_grad():
                 rows = (vocab_rows(self.target_model[0].lm_head, ids, param.dtype) if self.lm_heads is None
                         else tensors[head_key(k, None, "weight")].to(param.device).index_select(0, ids))
-            _load_projection(draft, rows)  # [V', H]
+            load_projection(draft, rows)  # [V', H]
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor, num_heads: int) -> torch.Tensor:

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from vllm_nfoxhead.core.drafting import ChainDrafter
+from vllm_nfoxhead.core.drafting import ChainDrafter, HeadStep
+from vllm_nfoxhead.core.layer_drafting import LayerStep, Windows
 from vllm_nfoxhead.core.tree import Tree, TreeDrafter, parse_tree
 from vllm_nfoxhead.core.errors import NFoxHeadError
 from vllm_nfoxhead.core.format import validate_heads_dir
@@ -67,6 +68,11 @@ class NFoxHeadProposer:
         self.sync: RankSync | None = None  # the TP group, known once the model is loaded
         # Per step, set by the runner patch before `propose`.
         self._hidden: torch.Tensor | None = None  # [B, H]
+        # Draft layer only: the step's logit-row hidden states [R, H] and, per request,
+        # the rows of its accepted positions (their entries join the request's window).
+        self.windows: Windows | None = None
+        self._step_rows: torch.Tensor | None = None
+        self._entry_rows: list[list[int]] = []
         self._has_token: list[bool] = []
         self._wants_tree: list[bool] = []
         self._req_ids: list[str] = []
@@ -102,17 +108,21 @@ class NFoxHeadProposer:
 
     def load_model(self, target_model: nn.Module) -> None:
         """Build the heads next to the loaded target model (its device) and read their weights."""
+        from vllm_nfoxhead.integration.draft_layer_vllm import VllmDraftLayer
         from vllm_nfoxhead.integration.heads_vllm import VllmNFoxHeads
 
         device = next(target_model.parameters()).device
-        heads = VllmNFoxHeads(self.heads_config, target_model, self.dtype).to(device)
+        cls = VllmDraftLayer if self.heads_config.is_draft_layer else VllmNFoxHeads
+        heads = cls(self.heads_config, target_model, self.dtype).to(device)
         heads.load_weights(self.options.heads_dir)
         self.heads = heads.eval()
+        if self.heads_config.is_draft_layer:
+            self.windows = Windows(self.heads_config.layer_spec.window)
         self.sync = RankSync()
         logger.info(
-            "NFoxHead: %d heads from %s (%s LM head), drafting %s",
-            self.heads_config.num_heads, self.options.heads_dir,
-            "shared" if self.heads_config.shared_lm_head else "own",
+            "NFoxHead: %s from %s (%s LM head), drafting %s",
+            f"a draft layer (window {self.windows.window})" if self.windows else f"{self.heads_config.num_heads} heads",
+            self.options.heads_dir, "shared" if self.heads_config.shared_lm_head else "own",
             f"a tree of {self.tree.tree.num_nodes} nodes" if self.tree else
             f"a chain of {self.chain.num_heads_used}",
         )
@@ -129,16 +139,20 @@ class NFoxHeadProposer:
         step, batch = current_step(), runner.input_batch
         accepted = {r.batch_index: r.accepted for r in step.requests} if step else {}
         if sample_hidden_states.shape[0] == len(sampled_token_ids):
-            rows = list(range(len(sampled_token_ids)))
+            entry_rows = [[i] for i in range(len(sampled_token_ids))]
         else:
-            rows, offset = [], 0
+            entry_rows, offset = [], 0
             for i, (num_draft, tokens) in enumerate(
                     zip(spec_decode_metadata.num_draft_tokens, sampled_token_ids)):
-                last = accepted[i][-1] + 1 if accepted.get(i) else max(len(tokens) - 1, 0)
-                rows.append(offset + last)
+                # Rows of the accepted positions: the root, then the accepted tree nodes
+                # (row = node + 1) or the accepted chain prefix.
+                path = [0, *(n + 1 for n in accepted[i])] if accepted.get(i) else list(range(max(len(tokens), 1)))
+                entry_rows.append([offset + r for r in path])
                 offset += num_draft + 1
-        index = torch.tensor(rows, device=sample_hidden_states.device)  # [B] int64
+        index = torch.tensor([r[-1] for r in entry_rows], device=sample_hidden_states.device)  # [B] int64
         self._hidden = sample_hidden_states.index_select(0, index)  # [B, H]
+        if self.windows is not None:
+            self._step_rows, self._entry_rows = sample_hidden_states, entry_rows
         self._has_token = [len(t) > 0 for t in sampled_token_ids]
         self._req_ids = list(batch.req_ids[: len(sampled_token_ids)])
         structured = bool(getattr(scheduler_output, "has_structured_output_requests", False))
@@ -198,6 +212,8 @@ class NFoxHeadProposer:
         """Draft tokens per request; [] for requests that produced no token."""
         hidden, self._hidden = self._hidden, None
         self._measure(sampled_token_ids)
+        if self.windows is not None and hidden is not None:
+            self._update_windows(sampled_token_ids, num_tokens_no_spec)
         if hidden is None or self.heads is None or not any(self._has_token):
             return [[] for _ in sampled_token_ids]
         self.tree_of = {}
@@ -228,6 +244,28 @@ class NFoxHeadProposer:
                 self._drafted[req_id] = (source, len(out[-1]))
         self.sync.check_same(self.options.rank_check_interval, out, self.tree_of)
         return out
+
+    def _update_windows(self, sampled_token_ids: list[list[int]], num_tokens: np.ndarray) -> None:
+        """Add each request's accepted positions to its draft-layer window; forget requests
+        that left the batch (finished, aborted, preempted).
+
+        Request i's last entry sits at position num_tokens[i] - 2: the position
+        whose output is its newest token.
+        """
+        rows_h, self._step_rows = self._step_rows, None
+        self.windows.keep_only(set(self._req_ids))
+        live = [i for i, t in enumerate(sampled_token_ids) if t]
+        if rows_h is None or not live:
+            return
+        rows = [r for i in live for r in self._entry_rows[i][: len(sampled_token_ids[i])]]
+        ids = [t for i in live for t in sampled_token_ids[i][: len(self._entry_rows[i])]]
+        device = rows_h.device
+        z = self.heads.entries(rows_h.index_select(0, torch.tensor(rows, device=device)),
+                               torch.tensor(ids, device=device))  # [R, H]
+        for i, part in zip(live, z.split([min(len(self._entry_rows[i]), len(sampled_token_ids[i])) for i in live])):
+            with torch.inference_mode():
+                self.windows.append(self._req_ids[i], self.heads.layer, part,
+                                    start=int(num_tokens[i]) - 1 - len(part))
 
     def _draft_lookup(self, num_tokens: np.ndarray, token_ids: np.ndarray, cap: int) -> dict[int, list[int]]:
         """Prompt-lookup chains of up to `cap` tokens for requests whose last tokens occurred before.
@@ -272,13 +310,23 @@ class NFoxHeadProposer:
             if not rows:
                 continue
             index = torch.tensor(rows, device=hidden.device)  # [R] int64
-            h = hidden.index_select(0, index)  # [R, H]
-
-            def step(k: int, r: torch.Tensor, context: torch.Tensor, h: torch.Tensor = h) -> torch.Tensor:
-                return self.heads.head_logits(k, h.index_select(0, r), context)
-
-            drafts.update(zip(rows, draft(step, first.index_select(0, index)).tolist()))
+            with torch.inference_mode():
+                tokens = draft(self._head_step(hidden, rows, index), first.index_select(0, index))
+            drafts.update(zip(rows, tokens.tolist()))
         return drafts
+
+    def _head_step(self, hidden: torch.Tensor, rows: list[int], index: torch.Tensor) -> HeadStep:
+        """What drafts depth k for requests `rows`: the draft layer over their windows, or
+        token-conditioned head k on their hidden states."""
+        if self.windows is not None:
+            return LayerStep(self.heads.layer, self.windows, [self._req_ids[i] for i in rows],
+                             self.heads.project, self.heads.embed)
+        h = hidden.index_select(0, index)  # [R, H]
+
+        def step(k: int, r: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+            return self.heads.head_logits(k, h.index_select(0, r), context)
+
+        return step
 
 
 def readable_heads(heads_dir: str) -> Any:

@@ -167,3 +167,39 @@ def build_tiny_assets(root: str | os.PathLike[str], num_heads: int = 4,
         write_fitted_heads(tmp / "model", tmp / "heads", num_heads, shared_lm_head=shared_lm_head)
         (tmp / "tiny.json").write_text(json.dumps(spec))
     return root / "model", root / "heads"
+
+
+def write_fitted_layer(model_dir: Path, out_dir: Path, depth: int = 4, steps: int = 150,
+                       window: int = 16, new_tokens: int = 48) -> Path:
+    """Fit a draft layer (core/draft_layer.py) to the model's greedy continuations and save it.
+
+    The window is short on purpose: continuations are longer than it, so the
+    engine tests run requests whose windows roll over.
+    """
+    from vllm_nfoxhead.core.draft_layer import DraftLayer, DraftLayerSpec, layer_tensors
+    from vllm_nfoxhead.core.format import DRAFT_VOCAB_KEY, LAYER_FORMAT_VERSION
+    from vllm_nfoxhead.training.draft_layer_train import Crops, LayerTrainConfig, layer_loss
+    from vllm_nfoxhead.training.trainer import Sequences
+
+    sequences, lm_head, embed = greedy_hidden_states(Path(model_dir), SEED_PROMPTS, new_tokens)
+    seqs = Sequences([s[1].tolist() for s in sequences], [len(s[1]) - new_tokens for s in sequences])
+    crops = Crops.build(seqs, torch.cat([s[0] for s in sequences]).detach())
+    vocab = torch.unique(crops.tokens)
+    remap = torch.full((lm_head.shape[0],), IGNORE, dtype=torch.long)
+    remap[vocab] = torch.arange(len(vocab))
+    hidden_size = lm_head.shape[1]
+    spec = DraftLayerSpec(num_attention_heads=4, intermediate_size=2 * hidden_size, window=window)
+    torch.manual_seed(0)
+    layer, cfg = DraftLayer(hidden_size, spec), LayerTrainConfig(depth=depth)
+    opt = torch.optim.AdamW(layer.parameters(), lr=3e-3)
+    feats, tokens, lens = crops.batch(list(range(len(crops))), torch.device("cpu"))
+    for _ in range(steps):
+        loss, _ = layer_loss(layer, feats, tokens, lens, embed, lm_head[vocab], remap, cfg)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    config = HeadsConfig(num_heads=depth, num_layers=1, hidden_size=hidden_size, vocab_size=lm_head.shape[0],
+                         shared_lm_head=True, base_model="vllm-nfoxhead tiny llama (seed 0)", conditioning="tokens",
+                         draft_vocab_size=len(vocab), format_version=LAYER_FORMAT_VERSION,
+                         architecture="draft_layer", draft_layer=spec.to_dict())
+    return save_heads(out_dir, config, {**layer_tensors(layer), DRAFT_VOCAB_KEY: vocab})

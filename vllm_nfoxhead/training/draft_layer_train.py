@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from vllm_nfoxhead.core.draft_layer import DraftLayer
-from vllm_nfoxhead.training.trainer import IGNORE, Sequences, step_accept
+from vllm_nfoxhead.training.trainer import IGNORE, TOPK, Sequences, step_accept
 
 
 @dataclass
@@ -58,14 +58,15 @@ class Crops:
     def length(self, s: int) -> int:
         return self.starts[s + 1] - self.starts[s]
 
-    def batch(self, index: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Padded feats [B, n_max, H] float32, tokens [B, n_max] int64, lengths [B] int64."""
+    def batch(self, index: list[int], device: torch.device,
+              dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Padded feats [B, n_max, H] (dtype), tokens [B, n_max] int64, lengths [B] int64."""
         n_max = max(self.length(s) for s in index)
-        f = torch.zeros(len(index), n_max, self.feats.shape[1])
+        f = torch.zeros(len(index), n_max, self.feats.shape[1], dtype=dtype)
         x = torch.zeros(len(index), n_max, dtype=torch.long)
         for r, s in enumerate(index):
             lo, hi = self.starts[s], self.starts[s + 1]
-            f[r, : hi - lo] = self.feats[lo:hi].float()
+            f[r, : hi - lo] = self.feats[lo:hi].to(dtype)
             x[r, : hi - lo] = self.tokens[lo:hi]
         lens = torch.tensor([self.length(s) for s in index])
         return f.to(device), x.to(device), lens.to(device)
@@ -175,21 +176,24 @@ def batch_stream(crops: Crops, rows: list[int], batch_tokens: int, gen: torch.Ge
 def evaluate_layer(layer: DraftLayer, crops: Crops, rows: list[int], embed: torch.Tensor,
                    lm_rows: torch.Tensor, vocab: torch.Tensor, depth: int, device: torch.device,
                    batch_tokens: int = 8192) -> dict[str, Any]:
-    """Offline walk over sequences `rows`: top-1 per depth, chain_accept and step_accept (vLLM's walk)."""
+    """Offline walk over sequences `rows`: chain_accept and step_accept (vLLM's walk), and per
+    depth top-1 and rank_accuracy[d][r] = P(target is the rank-r draft), with every earlier
+    token the true one (teacher-forced, as a draft whose earlier tokens were accepted sees it;
+    what the load policy and the tree builder read, as for heads)."""
     layer.eval()
-    hits = torch.zeros(depth)
+    hits = torch.zeros(depth, TOPK)
     counts = torch.zeros(depth)
     seq_ids, runs = [], []
     for index in length_batches(crops, rows, batch_tokens):
-        feats, tokens, lens = crops.batch(index, device)
+        feats, tokens, lens = crops.batch(index, device, next(layer.parameters()).dtype)
         right = []
         for d, g in enumerate(unrolled(layer, feats, tokens, embed, depth), start=1):
             tgt, valid = depth_targets(tokens, lens, d)
-            pred = vocab[(g @ lm_rows.T).argmax(-1)]  # [B, m] token ids
-            ok = (pred == tgt) & valid
-            hits[d - 1] += ok.sum().item()
+            top = vocab[(g @ lm_rows.T).topk(min(TOPK, len(vocab)), dim=-1).indices]  # [B, m, k] token ids
+            at_rank = (top == tgt.unsqueeze(-1)) & valid.unsqueeze(-1)
+            hits[d - 1, : top.shape[-1]] += at_rank.sum((0, 1)).float().cpu()
             counts[d - 1] += valid.sum().item()
-            right.append(ok)
+            right.append(at_rank[..., 0])
         run = torch.stack(right).long().cumprod(0).sum(0)  # [B, m] leading depths right
         for r, s in enumerate(index):
             n_pos = max(crops.length(s) - 2, 0)  # positions with a next-but-one token
@@ -198,7 +202,9 @@ def evaluate_layer(layer: DraftLayer, crops: Crops, rows: list[int], embed: torc
     layer.train()
     seq, run = torch.cat(seq_ids), torch.cat(runs)
     order = torch.argsort(seq, stable=True)
-    return {"positions": len(run), "top1": [round(float(h / max(c, 1)), 4) for h, c in zip(hits, counts)],
+    rank = hits / counts.clamp(min=1).unsqueeze(1)
+    return {"positions": len(run), "top1": [round(float(r[0]), 4) for r in rank],
+            "rank_accuracy": [[round(float(x), 4) for x in r] for r in rank],
             "chain_accept": round(1 + float(run.float().mean()), 4),
             "step_accept": round(step_accept(seq[order], run[order]), 4)}
 

@@ -143,7 +143,9 @@ def train(args: argparse.Namespace) -> Path:
                      draft_vocab_size=len(vocab), format_version=LAYER_FORMAT_VERSION,
                      architecture="draft_layer", draft_layer=spec.to_dict(),
                      extra={"training": {**dataclasses.asdict(cfg), "data": args.data, "window": args.window},
-                            **metrics, "offline_walk": reports})
+                            **metrics, "offline_walk": reports,
+                            # per-depth rank accuracies: what the load policy and tree builder read
+                            "rank_accuracy": next(iter(reports.values()), {}).get("rank_accuracy")})
     tensors = {**layer_tensors(layer), DRAFT_VOCAB_KEY: vocab}
     path = save_heads(out, hc, tensors, overwrite=args.force)
     _checkpoint_file(out).unlink(missing_ok=True)
@@ -167,25 +169,24 @@ def fit(layer: DraftLayer, crops: Crops, rows: list[int], embed: torch.Tensor, l
     from tqdm import tqdm
 
     tokens = sum(crops.length(s) for s in rows)
-    steps = max(1, math.ceil(cfg.epochs * tokens / cfg.batch_tokens))
+    plan = {"steps": max(1, math.ceil(cfg.epochs * tokens / cfg.batch_tokens))}
     opt = torch.optim.AdamW(layer.parameters(), lr=cfg.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine(s, steps, max(1, round(cfg.warmup * steps))))
+    # The schedule anneals over plan["steps"], which the time limit may shorten (fit_to_time).
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: cosine(s, plan["steps"], max(1, round(cfg.warmup * plan["steps"]))))
     gen = torch.Generator().manual_seed(cfg.seed)
     start, spent, ckpt = 0, 0.0, _checkpoint_file(out)
     if ckpt.is_file():
         state = torch.load(ckpt, weights_only=False)
         layer.load_state_dict(state["layer"]), opt.load_state_dict(state["opt"]), sched.load_state_dict(state["sched"])
         gen.set_state(state["gen"])
-        start, spent = state["step"], state["seconds"]
-        say(f"resuming from {ckpt} at step {start} of {steps}")
+        start, spent, plan = state["step"], state["seconds"], state["plan"]
+        say(f"resuming from {ckpt} at step {start} of {plan['steps']}")
     stream = batch_stream(crops, rows, cfg.batch_tokens, gen)
-    t0, saved, loss, accs = time.monotonic() - spent, time.monotonic(), float("nan"), []
-    bar = tqdm(range(start, steps), desc="train", unit="step", disable=args.quiet, initial=start, total=steps)
+    t0, saved, loss = time.monotonic() - spent, time.monotonic(), float("nan")
+    bar = tqdm(total=plan["steps"], initial=start, desc="train", unit="step", disable=args.quiet)
     step = start
-    for step in bar:
-        if time.monotonic() - t0 > args.time_limit * 60:
-            say(f"time limit reached at step {step} of {steps}")
-            break
+    while step < plan["steps"]:
         feats, toks, lens = crops.batch(next(stream), torch.device("cpu"))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             total, accs = layer_loss(layer, feats, toks, lens, embed, lm_rows, remap, cfg)
@@ -194,22 +195,33 @@ def fit(layer: DraftLayer, crops: Crops, rows: list[int], embed: torch.Tensor, l
         torch.nn.utils.clip_grad_norm_(layer.parameters(), 1.0)
         opt.step()
         sched.step()
-        loss = total.item()
+        step, loss = step + 1, total.item()
+        bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}", acc="/".join(f"{a:.2f}" for a in accs))
+        if step == start + 20:
+            fit_to_time(plan, step, time.monotonic() - t0, args.time_limit * 60, bar)
         if time.monotonic() - saved > CHECKPOINT_MINUTES * 60:
-            _save_checkpoint(ckpt, layer, opt, sched, gen, step + 1, time.monotonic() - t0)
+            _save_checkpoint(ckpt, layer, opt, sched, gen, step, time.monotonic() - t0, plan)
             saved = time.monotonic()
-    else:
-        step = steps
-    return {"steps": step, "planned_steps": steps, "train_tokens": tokens, "final_loss": round(loss, 4),
+    bar.close()
+    return {"steps": step, "epochs_done": round(step * cfg.batch_tokens / tokens, 3), "train_tokens": tokens, "final_loss": round(loss, 4),
             "train_seconds": round(time.monotonic() - t0, 1)}
 
 
+def fit_to_time(plan: dict[str, int], step: int, seconds: float, limit: float, bar: Any) -> None:
+    """Shorten the schedule so that it ends (annealed) within the time limit, from the pace so far."""
+    affordable = int(step * limit / max(seconds, 1e-9))
+    if affordable < plan["steps"]:
+        say(f"--time-limit allows about {affordable} of {plan['steps']} steps: the schedule ends there")
+        plan["steps"] = affordable
+        bar.total = affordable
+
+
 def _save_checkpoint(path: Path, layer: DraftLayer, opt: Any, sched: Any, gen: torch.Generator,
-                     step: int, seconds: float) -> None:
+                     step: int, seconds: float, plan: dict[str, int]) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save({"layer": layer.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                "gen": gen.get_state(), "step": step, "seconds": seconds}, tmp)
+                "gen": gen.get_state(), "step": step, "seconds": seconds, "plan": plan}, tmp)
     os.replace(tmp, path)
 
 
