@@ -37,6 +37,7 @@ from vllm_nfoxhead.training.trainer import (
 )
 
 CHECKPOINT_MINUTES = 5.0
+REPLAN_AT = (20, 100, 300, 600)  # steps after the (re)start at which the time budget is re-checked
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -169,7 +170,8 @@ def fit(layer: DraftLayer, crops: Crops, rows: list[int], embed: torch.Tensor, l
     from tqdm import tqdm
 
     tokens = sum(crops.length(s) for s in rows)
-    plan = {"steps": max(1, math.ceil(cfg.epochs * tokens / cfg.batch_tokens))}
+    epoch_steps = max(1, math.ceil(cfg.epochs * tokens / cfg.batch_tokens))
+    plan = {"steps": epoch_steps}
     opt = torch.optim.AdamW(layer.parameters(), lr=cfg.lr, weight_decay=0.0)
     # The schedule anneals over plan["steps"], which the time limit may shorten (fit_to_time).
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -187,6 +189,9 @@ def fit(layer: DraftLayer, crops: Crops, rows: list[int], embed: torch.Tensor, l
     bar = tqdm(total=plan["steps"], initial=start, desc="train", unit="step", disable=args.quiet)
     step = start
     while step < plan["steps"]:
+        if time.monotonic() - t0 > args.time_limit * 60 * 1.1:
+            say(f"--time-limit passed by 10% at step {step}: stopping before the schedule's end")
+            break
         feats, toks, lens = crops.batch(next(stream), torch.device("cpu"))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             total, accs = layer_loss(layer, feats, toks, lens, embed, lm_rows, remap, cfg)
@@ -198,8 +203,8 @@ def fit(layer: DraftLayer, crops: Crops, rows: list[int], embed: torch.Tensor, l
         step, loss = step + 1, total.item()
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}", acc="/".join(f"{a:.2f}" for a in accs))
-        if step == start + 20:
-            fit_to_time(plan, step, time.monotonic() - t0, args.time_limit * 60, bar)
+        if step - start in REPLAN_AT:
+            fit_to_time(plan, step, time.monotonic() - t0, args.time_limit * 60, epoch_steps, bar)
         if time.monotonic() - saved > CHECKPOINT_MINUTES * 60:
             _save_checkpoint(ckpt, layer, opt, sched, gen, step, time.monotonic() - t0, plan)
             saved = time.monotonic()
@@ -208,11 +213,14 @@ def fit(layer: DraftLayer, crops: Crops, rows: list[int], embed: torch.Tensor, l
             "train_seconds": round(time.monotonic() - t0, 1)}
 
 
-def fit_to_time(plan: dict[str, int], step: int, seconds: float, limit: float, bar: Any) -> None:
-    """Shorten the schedule so that it ends (annealed) within the time limit, from the pace so far."""
-    affordable = int(step * limit / max(seconds, 1e-9))
-    if affordable < plan["steps"]:
-        say(f"--time-limit allows about {affordable} of {plan['steps']} steps: the schedule ends there")
+def fit_to_time(plan: dict[str, int], step: int, seconds: float, limit: float, epoch_steps: int,
+                bar: Any) -> None:
+    """Set the schedule's length so that it ends (annealed) within the time limit, from the
+    pace so far (never past --epochs). Re-planned a few times (REPLAN_AT): a machine
+    busy at the start must not cut a run that later goes faster."""
+    affordable = min(epoch_steps, max(step + 1, int(step * limit / max(seconds, 1e-9))))
+    if affordable != plan["steps"]:
+        say(f"--time-limit: the schedule ends at step {affordable} of {epoch_steps} for --epochs")
         plan["steps"] = affordable
         bar.total = affordable
 
