@@ -89,14 +89,18 @@ def test_tree_lookup_and_tuner_with_a_skewed_rank(tiny_assets, policy_heads, pla
     assert rate > 1.4
 
 
-@pytest.mark.parametrize("tree", ["chain", WIDE_SHALLOW], ids=["chain", "wide-shallow"])
-def test_own_lm_heads_under_kv_pressure(tiny_assets, plain_tp_outputs, tree):
-    spec = {"model": f"nfoxhead:{tiny_assets[1]}", "tree": tree, "lookup": 0, "rank_check_interval": 1}
+@pytest.mark.parametrize("drafter, tree", [("heads", "chain"), ("heads", WIDE_SHALLOW), ("draft_layer", MIXED)],
+                         ids=["own-lm-heads-chain", "own-lm-heads-wide-shallow", "draft-layer-tree"])
+def test_under_kv_pressure(request, tiny_assets, plain_tp_outputs, drafter, tree):
+    """Preemption and chunked prefill under TP. The draft layer keeps per-request windows
+    on every rank: both ranks must keep the same ones (drafts compared every step)."""
+    heads = tiny_assets[1] if drafter == "heads" else request.getfixturevalue("draft_layer")
+    spec = {"model": f"nfoxhead:{heads}", "tree": tree, "lookup": 0, "rank_check_interval": 1}
     with tp_llm(tiny_assets[0], speculative_config=spec, **KV_PRESSURE) as llm:
         assert token_ids(llm.generate(PROMPTS, GREEDY, use_tqdm=False)) == plain_tp_outputs
         assert metric(llm, "vllm:num_preemptions").value > 0
         rate = tokens_per_step(llm)
-    print(f"TP=2 {tree if tree == 'chain' else 'wide tree'} under KV pressure: {rate:.2f} tokens per step")
+    print(f"TP=2 {drafter} {tree if tree == 'chain' else 'tree'} under KV pressure: {rate:.2f} tokens per step")
     assert rate > 1.4
 
 
@@ -115,14 +119,3 @@ def test_conditioned_heads_sharing_the_lm_head_with_a_draft_vocabulary(tiny_asse
     print(f"TP=2 conditioned heads, shared LM head, draft vocabulary: {rate:.2f} tokens per step")
     assert rate > 1.4
 
-
-def test_draft_layer_under_kv_pressure(tiny_assets, draft_layer, plain_tp_outputs):
-    """The draft layer keeps per-request windows on every rank: under preemption and
-    chunked prefill both ranks must keep the same windows (digests compared every step)."""
-    spec = {"model": f"nfoxhead:{draft_layer}", "tree": MIXED, "lookup": 0, "rank_check_interval": 1}
-    with tp_llm(tiny_assets[0], speculative_config=spec, **KV_PRESSURE) as llm:
-        assert token_ids(llm.generate(PROMPTS, GREEDY, use_tqdm=False)) == plain_tp_outputs
-        assert metric(llm, "vllm:num_preemptions").value > 0
-        rate = tokens_per_step(llm)
-    print(f"TP=2 draft layer under KV pressure: {rate:.2f} tokens per step")
-    assert rate > 1.4
