@@ -171,3 +171,13 @@ def test_offline_walk_counts_what_serving_drafts_accept() -> None:
     assert walk["chain_accept"] == pytest.approx(1 + sum(runs) / len(runs), abs=1e-4)
     assert walk["step_accept"] == pytest.approx(step_accept(torch.zeros(len(runs), dtype=torch.long),
                                                             torch.tensor(runs)), abs=1e-4)
+
+
+def test_passthrough_init_starts_as_the_base_prediction() -> None:
+    layer = DraftLayer(H, DraftLayerSpec(num_attention_heads=2, intermediate_size=24, window=4)).double()
+    layer.init_as_passthrough()
+    embed = torch.randn(V, H, dtype=torch.float64)
+    feats, tokens = torch.randn(1, 6, H, dtype=torch.float64), torch.randint(0, V, (1, 6))
+    with torch.no_grad():
+        g = unrolled(layer, feats, tokens, embed, 1)[0]  # [1, 5, H]
+    torch.testing.assert_close(g, layer.out_norm(feats[:, :-1]))

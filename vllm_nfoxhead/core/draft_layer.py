@@ -86,6 +86,18 @@ class DraftLayer(nn.Module):
         for lin in (self.fuse, self.q, self.k, self.v, self.o, self.gate, self.up, self.down):
             nn.init.normal_(lin.weight, std=0.02)
 
+    @torch.no_grad()
+    def init_as_passthrough(self) -> None:
+        """Start as g = out_norm(f): Fuse copies the feature half, the attention output and
+        MLP down projections start at zero (so both residual branches add nothing). At
+        step 0 the layer then predicts what the base predicts from f_t, as a new head does
+        (heads.py's zero-initialised blocks), instead of noise."""
+        h = self.fuse.weight.shape[0]
+        self.fuse.weight.zero_()
+        self.fuse.weight[:, :h].copy_(torch.eye(h))
+        nn.init.zeros_(self.o.weight)
+        nn.init.zeros_(self.down.weight)
+
     def entry(self, feature: torch.Tensor, next_embed: torch.Tensor) -> torch.Tensor:
         """feature [..., H] (f_j or a drafted g), next_embed [..., H] (e(x_{j+1})) -> z [..., H]."""
         return self.fuse(torch.cat([feature, next_embed.to(feature.dtype)], dim=-1))

@@ -52,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--depth", type=int, default=d.depth, help="drafted tokens trained (unrolled depths; default %(default)s)")
     p.add_argument("--window", type=int, default=s.window, help="true positions a request keeps (default %(default)s)")
     p.add_argument("--intermediate-size", type=int, default=None, help="MLP width (default: the base model's)")
+    p.add_argument("--init", choices=("random", "passthrough"), default="random",
+                   help="random: small random weights (EAGLE); passthrough: start as g = norm(f), "
+                        "residual branches at zero (default %(default)s)")
     p.add_argument("--epochs", type=float, default=d.epochs, help="passes over the training answers (default %(default)s)")
     p.add_argument("--time-limit", type=float, default=90.0, help="minutes of training at most (default %(default)s)")
     p.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate (default %(default)s)")
@@ -129,6 +132,8 @@ def train(args: argparse.Namespace) -> Path:
     cfg = LayerTrainConfig(depth=args.depth, epochs=args.epochs, lr=args.lr, batch_tokens=args.batch_tokens,
                            decay=args.decay, reg=args.reg, seed=args.seed)
     layer = DraftLayer(hidden_size, spec)
+    if args.init == "passthrough":
+        layer.init_as_passthrough()
     metrics = fit(layer, crops, train_rows, embed, lm_head[vocab], remap, cfg, args, out)
     lm_rows = lm_head[vocab]
     reports = {}
@@ -143,7 +148,8 @@ def train(args: argparse.Namespace) -> Path:
                      shared_lm_head=True, base_model=str(args.model), dtype="bfloat16", conditioning="tokens",
                      draft_vocab_size=len(vocab), format_version=LAYER_FORMAT_VERSION,
                      architecture="draft_layer", draft_layer=spec.to_dict(),
-                     extra={"training": {**dataclasses.asdict(cfg), "data": args.data, "window": args.window},
+                     extra={"training": {**dataclasses.asdict(cfg), "data": args.data, "window": args.window,
+                                         "init": args.init},
                             **metrics, "offline_walk": reports,
                             # per-depth rank accuracies: what the load policy and tree builder read
                             "rank_accuracy": next(iter(reports.values()), {}).get("rank_accuracy")})
