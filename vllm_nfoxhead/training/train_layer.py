@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--depth", type=int, default=d.depth, help="drafted tokens trained (unrolled depths; default %(default)s)")
     p.add_argument("--window", type=int, default=s.window, help="true positions a request keeps (default %(default)s)")
     p.add_argument("--intermediate-size", type=int, default=None, help="MLP width (default: the base model's)")
-    p.add_argument("--init", choices=("random", "passthrough"), default="random",
+    p.add_argument("--init", choices=("random", "passthrough"), default="passthrough",
                    help="random: small random weights (EAGLE); passthrough: start as g = norm(f), "
                         "residual branches at zero (default %(default)s)")
     p.add_argument("--epochs", type=float, default=d.epochs, help="passes over the training answers (default %(default)s)")
