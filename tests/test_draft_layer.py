@@ -181,3 +181,14 @@ def test_passthrough_init_starts_as_the_base_prediction() -> None:
     with torch.no_grad():
         g = unrolled(layer, feats, tokens, embed, 1)[0]  # [1, 5, H]
     torch.testing.assert_close(g, layer.out_norm(feats[:, :-1]))
+
+
+def test_train_layer_refuses_bad_input_before_loading_anything(tmp_path) -> None:
+    from vllm_nfoxhead.training.train_layer import main
+
+    with pytest.raises(SystemExit, match="data file .*missing.jsonl does not exist") as exc:
+        main(["--model", str(tmp_path), "--data", str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "o")])
+    assert "\n" not in str(exc.value)
+    (tmp_path / "o").mkdir()
+    with pytest.raises(SystemExit, match="already exists"):
+        main(["--model", str(tmp_path), "--data", str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "o")])
