@@ -249,12 +249,14 @@ def require_at_least_one(parser: argparse.ArgumentParser, args: argparse.Namespa
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
 
 
-def run_cli(run_fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run an engine command; bad input ends it with its one NFoxHead line."""
+def run_cli(run_fn: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> int:
+    """Run a command; bad input ends it with its one NFoxHead line. Exit status: what
+    `run_fn` returns when it is an int, else 0."""
     try:
-        return run_fn(args)
+        result = run_fn(args)
     except NFoxHeadError as exc:
         raise SystemExit(f"error: {exc}") from None
+    return result if isinstance(result, int) else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,11 +18,11 @@ import torch
 
 from vllm_nfoxhead.core.draft_layer import DraftLayer, load_layer
 from vllm_nfoxhead.core.dtype_choice import DTYPE_CHOICES, resolve_dtype
-from vllm_nfoxhead.core.errors import NFoxHeadError
 from vllm_nfoxhead.core.format import DRAFT_VOCAB_KEY, check_base_compat, read_heads_tensors, validate_heads_dir
 from vllm_nfoxhead.core.heads import NFoxHeads
 from vllm_nfoxhead.training.draft_layer_train import Crops, evaluate_layer
 from vllm_nfoxhead.training.train import default_cache_dir
+from vllm_nfoxhead.training.datagen import run_cli
 from vllm_nfoxhead.training.trainer import (
     Dataset, cache_key, cached_hidden_states, embed_weight, evaluate, lm_head_weight, load_base, read_sequences,
 )
@@ -73,11 +73,7 @@ def walk(args: argparse.Namespace) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        walk(parse_args(argv))
-    except NFoxHeadError as exc:
-        raise SystemExit(f"error: {exc}") from None
-    return 0
+    return run_cli(walk, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from vllm_nfoxhead.core.dtype_choice import AUTO_HELP, DTYPE_CHOICES, fast_dtype
 from vllm_nfoxhead.core.errors import NFoxHeadError
 from vllm_nfoxhead.core.format import check_base_compat, validate_heads_dir
 from vllm_nfoxhead.models.smollm2 import CACHE_ENV
+from vllm_nfoxhead.training.datagen import run_cli
 from vllm_nfoxhead.training.trainer import (
     Dataset, TrainConfig, cache_key, cached_hidden_states, data_summary, embed_weight, evaluate,
     join_sequences, Sequences, lm_head_weight, load_base, metrics_json, pick_device, read_sequences, save_trained,
@@ -187,12 +188,7 @@ def say(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        run(args)
-    except NFoxHeadError as exc:
-        raise SystemExit(f"error: {exc}") from None
-    return 0
+    return run_cli(run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from vllm_nfoxhead.training.draft_layer_train import (
     Crops, LayerTrainConfig, batch_stream, cosine, evaluate_layer, layer_loss,
 )
 from vllm_nfoxhead.training.train import check_data_fits, default_cache_dir, say
+from vllm_nfoxhead.training.datagen import run_cli
 from vllm_nfoxhead.training.trainer import (
     IGNORE, cache_key, cached_hidden_states, embed_weight, join_sequences, lm_head_weight, load_base,
     read_sequences, seed_everything,
@@ -240,12 +241,7 @@ def _save_checkpoint(path: Path, layer: DraftLayer, opt: Any, sched: Any, gen: t
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        train(args)
-    except NFoxHeadError as exc:
-        raise SystemExit(f"error: {exc}") from None
-    return 0
+    return run_cli(train, parse_args(argv))
 
 
 if __name__ == "__main__":
