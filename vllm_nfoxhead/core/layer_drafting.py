@@ -6,7 +6,8 @@ aborted or is preempted (a resumed request starts a fresh window, as it does
 after its prompt). Each step it appends the entries of the newly accepted
 positions, z_j = Fuse([f_j ; e(x_{j+1})]); the last one (the position that
 sampled this step's token) is the first query. Drafting then feeds the
-layer's output back, depth by depth (`draft_chain`).
+layer's output back, depth by depth (`LayerStep`, called by the chain and tree
+drafters as any `HeadStep`).
 
 Visibility is the training mask (training/draft_layer_train.py): a query at
 position p sees true entries at positions > p - W, and its own drafted

@@ -257,13 +257,15 @@ class NFoxHeadProposer:
         live = [i for i, t in enumerate(sampled_token_ids) if t]
         if rows_h is None or not live:
             return
-        rows = [r for i in live for r in self._entry_rows[i][: len(sampled_token_ids[i])]]
-        ids = [t for i in live for t in sampled_token_ids[i][: len(self._entry_rows[i])]]
+        # Each accepted row pairs with the token it sampled (equal counts by construction).
+        count = [min(len(self._entry_rows[i]), len(sampled_token_ids[i])) for i in live]
+        rows = [r for i, n in zip(live, count) for r in self._entry_rows[i][:n]]
+        ids = [t for i, n in zip(live, count) for t in sampled_token_ids[i][:n]]
         device = rows_h.device
-        z = self.heads.entries(rows_h.index_select(0, torch.tensor(rows, device=device)),
-                               torch.tensor(ids, device=device))  # [R, H]
-        for i, part in zip(live, z.split([min(len(self._entry_rows[i]), len(sampled_token_ids[i])) for i in live])):
-            with torch.inference_mode():
+        with torch.inference_mode():
+            z = self.heads.entries(rows_h.index_select(0, torch.tensor(rows, device=device)),
+                                   torch.tensor(ids, device=device))  # [R, H]
+            for i, part in zip(live, z.split(count)):
                 self.windows.append(self._req_ids[i], self.heads.layer, part,
                                     start=int(num_tokens[i]) - 1 - len(part))
 
