@@ -87,3 +87,23 @@ def test_default_paths_point_into_the_checkout():
 
     for path in (bench_main.DEFAULT_PROMPTS, bench_main.SHIPPED_HEADS, bench_main.SHIPPED_MEDUSA_HEADS):
         assert path.exists(), path
+
+
+def test_compare_heads_join_the_same_run_under_their_names(tmp_path) -> None:
+    """--compare-heads: another drafter's chain and trees run beside --heads, each named
+    after its directory; a directory that is not heads stops the run before any engine."""
+    from test_format import small_config, write_heads
+
+    from vllm_nfoxhead.core.errors import NFoxHeadError
+    from vllm_nfoxhead.tools.bench.__main__ import choose_methods, main, parse_args
+
+    for name in ("mine", "layer-v2"):
+        write_heads(tmp_path / name, small_config(conditioning="tokens", shared_lm_head=True))
+    args = parse_args(["--model", str(tmp_path), "--heads", str(tmp_path / "mine"), "--methods", "plain,nfoxhead",
+                       "--compare-heads", str(tmp_path / "layer-v2"), "--trees", "wide_6", "--lookup", "0",
+                       "--load-policy", "off"])
+    names = [m.name for m in choose_methods(args, tmp_path, tmp_path / "mine", tmp_path)]
+    assert names == ["plain", "nfoxhead-chain policy-off", "nfoxhead-tree:wide_6 policy-off",
+                     "nfoxhead-chain[layer-v2] policy-off", "nfoxhead-tree:wide_6[layer-v2] policy-off"]
+    with pytest.raises(NFoxHeadError, match="missing"):
+        main(["--model", str(tmp_path), "--heads", str(tmp_path / "mine"), "--compare-heads", str(tmp_path / "missing")])

@@ -59,6 +59,45 @@ def test_windows_are_bounded_and_freed() -> None:
     assert len(windows) == 0 and not windows.last_entry
 
 
+def test_batched_window_appends_equal_one_by_one() -> None:
+    """Windows.extend (one projection for every request of a step) stores what per-request
+    appends store, a position jump included (a fresh window)."""
+    layer = small_layer(4)
+    z = {r: torch.randn(n, H, dtype=torch.float64) for r, n in (("a", 3), ("b", 1), ("c", 6))}
+    one, many = Windows(4), Windows(4)
+    with torch.no_grad():
+        for w in (one, many):
+            w.append("b", layer, torch.randn(2, H, dtype=torch.float64).clone().fill_(0.5))
+        for r, start in (("a", 0), ("b", 7), ("c", 10)):  # b jumps from 1 to 7: starts afresh
+            one.append(r, layer, z[r], start=start)
+        many.extend(layer, [(r, z[r], start) for r, start in (("a", 0), ("b", 7), ("c", 10))])
+    for r in z:
+        torch.testing.assert_close(many.keys[r], one.keys[r])
+        torch.testing.assert_close(many.values[r], one.values[r])
+        assert many.last_pos[r] == one.last_pos[r] and torch.equal(many.last_entry[r], one.last_entry[r])
+    assert many.keys["b"].shape[0] == 1 and many.keys["c"].shape[0] == 4
+
+
+def test_attention_inputs_equal_query_and_keys_values() -> None:
+    layer, z, pos = small_layer(4), torch.randn(3, 1, H, dtype=torch.float64), torch.tensor([[5], [9], [70]])
+    with torch.no_grad():
+        q, k, v = layer.attention_inputs(z, pos)
+        torch.testing.assert_close(q, layer.query(z, pos))
+        torch.testing.assert_close((k, v), layer.keys_values(z, pos))
+
+
+def test_training_draft_vocabulary_keeps_the_most_frequent_targets() -> None:
+    from vllm_nfoxhead.training.draft_layer_train import Crops
+    from vllm_nfoxhead.training.train_layer import seen_vocab
+
+    # targets are tokens from the third on: 5 x3, 7 x2, 3 and 9 once (ties go to the lower id)
+    crops = Crops(torch.zeros(9, H), torch.tensor([1, 2, 5, 5, 5, 7, 7, 3, 9]), [0, 9])
+    vocab, remap = seen_vocab(crops, [0], V)
+    assert vocab.tolist() == [3, 5, 7, 9]
+    vocab, remap = seen_vocab(crops, [0], V, 3)
+    assert vocab.tolist() == [3, 5, 7] and remap[9] < 0 and remap[7] == 2
+
+
 def test_on_disk_names_and_shapes_agree() -> None:
     layer = small_layer(4)
     shapes = layer_shapes(H, layer.spec)

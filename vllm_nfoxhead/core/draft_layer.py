@@ -22,6 +22,7 @@ Shapes: H hidden size, nh attention heads of hd = H / nh, W window, T rows.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 
 import torch
@@ -55,14 +56,30 @@ class RMSNorm(nn.Module):
         return (x.float() * torch.rsqrt(var + self.eps)).to(x.dtype) * self.weight.to(x.dtype)
 
 
-def rotate(x: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tensor:
-    """Rotary embedding (half split): x [..., T, nh, hd], pos [..., T] -> same shape."""
-    hd = x.shape[-1]
-    inv = theta ** (-torch.arange(0, hd, 2, device=x.device, dtype=torch.float32) / hd)  # [hd/2]
-    ang = pos.to(torch.float32).unsqueeze(-1) * inv  # [..., T, hd/2]
-    cos, sin = ang.cos().unsqueeze(-2), ang.sin().unsqueeze(-2)  # [..., T, 1, hd/2]
+@functools.lru_cache(maxsize=16)
+def _inverse_frequencies(hd: int, theta: float, device: torch.device) -> torch.Tensor:
+    """theta^(-2i/hd) [hd/2] float32, built once per shape and device (a plain tensor even
+    when first asked for under inference mode, so training may use it too)."""
+    with torch.inference_mode(False):
+        return theta ** (-torch.arange(0, hd, 2, device=device, dtype=torch.float32) / hd)
+
+
+def rotary(pos: torch.Tensor, hd: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [..., T, 1, hd/2] float32 for positions pos [..., T]: shared by the queries
+    and keys of the same positions."""
+    ang = pos.to(torch.float32).unsqueeze(-1) * _inverse_frequencies(hd, theta, pos.device)  # [..., T, hd/2]
+    return ang.cos().unsqueeze(-2), ang.sin().unsqueeze(-2)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding (half split): x [..., T, nh, hd] with rotary(pos) -> same shape and dtype."""
     a, b = x.float().chunk(2, dim=-1)
     return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1).to(x.dtype)
+
+
+def rotate(x: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tensor:
+    """Rotary embedding of x [..., T, nh, hd] at positions pos [..., T] -> same shape."""
+    return apply_rotary(x, *rotary(pos, x.shape[-1], theta))
 
 
 class DraftLayer(nn.Module):
@@ -112,6 +129,15 @@ class DraftLayer(nn.Module):
         """z [..., T, H], pos [..., T] -> rotated, pre-scaled queries [..., T, nh, hd]."""
         q = self.q(self.attn_norm(z)).unflatten(-1, (self.nh, self.hd))
         return rotate(q, pos, self.spec.rope_theta) * self.hd ** -0.5
+
+    def attention_inputs(self, z: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """query(z, pos), *keys_values(z, pos) with one norm and one rotary table (drafting
+        needs all three for each new entry)."""
+        x = self.attn_norm(z)
+        cos, sin = rotary(pos, self.hd, self.spec.rope_theta)
+        q = apply_rotary(self.q(x).unflatten(-1, (self.nh, self.hd)), cos, sin) * self.hd ** -0.5
+        k = apply_rotary(self.k(x).unflatten(-1, (self.nh, self.hd)), cos, sin)
+        return q, k, self.v(x).unflatten(-1, (self.nh, self.hd))
 
     def finish(self, z: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
         """z [..., H] and its attention output [..., nh, hd] -> g [..., H] (o, residuals, MLP, norm)."""

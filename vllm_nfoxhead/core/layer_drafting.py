@@ -48,17 +48,28 @@ class Windows:
         A start that does not follow the last entry (the request was preempted
         and recomputed, or entries were missed) begins a fresh window.
         """
-        if start is None:
-            start = self.last_pos.get(req_id, -1) + 1
-        elif self.last_pos.get(req_id, start - 1) != start - 1:
-            self.drop(req_id)
-        pos = torch.arange(start, start + len(z), device=z.device)
-        k, v = layer.keys_values(z, pos)  # [n, nh, hd]
-        if req_id in self.keys:
-            k, v = torch.cat([self.keys[req_id], k]), torch.cat([self.values[req_id], v])
-        self.keys[req_id], self.values[req_id] = k[-self.window:], v[-self.window:]
-        self.last_pos[req_id] = start + len(z) - 1
-        self.last_entry[req_id] = z[-1]
+        self.extend(layer, [(req_id, z, start)])
+
+    def extend(self, layer: DraftLayer, entries: list[tuple[str, torch.Tensor, int | None]]) -> None:
+        """`append` for several requests at once: (req_id, z [n_i, H], start) each, with one
+        key/value projection over all sum(n_i) entries."""
+        starts = []
+        for req_id, z, start in entries:
+            if start is None:
+                start = self.last_pos.get(req_id, -1) + 1
+            elif self.last_pos.get(req_id, start - 1) != start - 1:
+                self.drop(req_id)
+            starts.append(start)
+        z_all = torch.cat([z for _, z, _ in entries])  # [R, H]
+        pos = torch.cat([torch.arange(s, s + len(z), device=z_all.device) for s, (_, z, _) in zip(starts, entries)])
+        k_all, v_all = layer.keys_values(z_all, pos)  # [R, nh, hd]
+        counts = [len(z) for _, z, _ in entries]
+        for (req_id, z, _), start, k, v in zip(entries, starts, k_all.split(counts), v_all.split(counts)):
+            if req_id in self.keys:
+                k, v = torch.cat([self.keys[req_id], k]), torch.cat([self.values[req_id], v])
+            self.keys[req_id], self.values[req_id] = k[-self.window:], v[-self.window:]
+            self.last_pos[req_id] = start + len(z) - 1
+            self.last_entry[req_id] = z[-1]
 
     def drop(self, req_id: str) -> None:
         """Forget a request (finished, aborted, preempted)."""
@@ -122,12 +133,14 @@ class LayerStep:
         else:
             parent = torch.tensor([self.index[k - 1][c[:-1]] for c in keys], device=rows.device)
             z = self.layer.entry(self.g[k - 1][parent], self.embed(context[:, k]))
-            nk, nv = self.layer.keys_values(z.unsqueeze(1), qpos.unsqueeze(1))  # [M, 1, nh, hd]
+            q, nk, nv = self.layer.attention_inputs(z.unsqueeze(1), qpos.unsqueeze(1))  # [M, 1, nh, hd] each
+            q = q.squeeze(1)
             ek = torch.cat([self.extra[k - 1][0][parent], nk], dim=1)
             ev = torch.cat([self.extra[k - 1][1][parent], nv], dim=1)
+        if k == 0:
+            q = self.layer.query(z.unsqueeze(1), qpos.unsqueeze(1)).squeeze(1)  # [M, nh, hd]
         visible = qpos.unsqueeze(1) - self.kpos[rows] < self.w  # [M, L]
         mask = torch.cat([visible, visible.new_ones(len(rows), ek.shape[1])], dim=1)
-        q = self.layer.query(z.unsqueeze(1), qpos.unsqueeze(1)).squeeze(1)  # [M, nh, hd]
         g = self.layer.finish(z, attend(q, torch.cat([self.keys[rows], ek], 1),
                                         torch.cat([self.values[rows], ev], 1), mask))  # [M, H]
         del self.g[k:], self.extra[k:], self.index[k:]

@@ -265,9 +265,8 @@ class NFoxHeadProposer:
         with torch.inference_mode():
             z = self.heads.entries(rows_h.index_select(0, torch.tensor(rows, device=device)),
                                    torch.tensor(ids, device=device))  # [R, H]
-            for i, part in zip(live, z.split(count)):
-                self.windows.append(self._req_ids[i], self.heads.layer, part,
-                                    start=int(num_tokens[i]) - 1 - len(part))
+            self.windows.extend(self.heads.layer, [(self._req_ids[i], part, int(num_tokens[i]) - 1 - len(part))
+                                                   for i, part in zip(live, z.split(count))])
 
     def _draft_lookup(self, num_tokens: np.ndarray, token_ids: np.ndarray, cap: int) -> dict[int, list[int]]:
         """Prompt-lookup chains of up to `cap` tokens for requests whose last tokens occurred before.

@@ -62,6 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-tokens", type=int, default=d.batch_tokens, help="answer tokens per step (default %(default)s)")
     p.add_argument("--reg", type=float, default=d.reg, help="weight of the feature regression (default %(default)s)")
     p.add_argument("--decay", type=float, default=d.decay, help="loss weight of depth d is decay^(d-1)")
+    p.add_argument("--draft-vocab", type=int, default=None,
+                   help="draft only the N ids most frequent in the training answers (e.g. 4096): the "
+                        "projection, most of a training step and of drafting on a CPU, shrinks with it "
+                        "(default: every id the answers use)")
     p.add_argument("--max-len", type=int, default=1024, help="tokens per sequence (prompt + answer)")
     p.add_argument("--eval-fraction", type=float, default=0.05, help="held-out share of training sequences")
     p.add_argument("--base-dtype", choices=DTYPE_CHOICES, default="auto", help=AUTO_HELP)
@@ -70,6 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
+    if args.draft_vocab is not None and args.draft_vocab < 1:
+        p.error("--draft-vocab must be at least 1")
     for flag in ("depth", "window", "batch_tokens"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1")
@@ -98,9 +104,17 @@ def split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     return sorted(order[k:]), sorted(order[:k])
 
 
-def seen_vocab(crops: Crops, rows: list[int], vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(vocab [V'] sorted ids drafted tokens may take, remap [V] id -> column or IGNORE)."""
-    seen = torch.unique(torch.cat([crops.tokens[crops.starts[s] + 2: crops.starts[s + 1]] for s in rows]))
+def seen_vocab(crops: Crops, rows: list[int], vocab_size: int,
+               size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(vocab [V'] sorted ids drafted tokens may take, remap [V] id -> column or IGNORE).
+
+    V' is every id the answers of `rows` draft, or the `size` most frequent of them
+    (ties to the lower id); targets outside it are ignored by the token loss."""
+    targets = torch.cat([crops.tokens[crops.starts[s] + 2: crops.starts[s + 1]] for s in rows])
+    seen, counts = torch.unique(targets, return_counts=True)  # sorted ids [V'], [V']
+    if size is not None and size < len(seen):
+        rank = sorted(range(len(seen)), key=lambda k: (-int(counts[k]), int(seen[k])))
+        seen = torch.sort(seen[torch.tensor(rank[:size])]).values
     remap = torch.full((vocab_size,), IGNORE, dtype=torch.long)
     remap[seen] = torch.arange(len(seen))
     return seen, remap
@@ -126,7 +140,7 @@ def train(args: argparse.Namespace) -> Path:
     evals = {f: load_crops(args, [f], model, dtype, cache, vocab_size) for f in args.eval_data}
     del model
     train_rows, held_out = split(len(crops), args.eval_fraction, args.seed)
-    vocab, remap = seen_vocab(crops, train_rows, vocab_size)
+    vocab, remap = seen_vocab(crops, train_rows, vocab_size, args.draft_vocab)
     spec = DraftLayerSpec(num_attention_heads=max(1, hidden_size // 64),
                           intermediate_size=args.intermediate_size or _base_intermediate(args.model, hidden_size),
                           window=args.window)
@@ -150,7 +164,7 @@ def train(args: argparse.Namespace) -> Path:
                      draft_vocab_size=len(vocab), format_version=LAYER_FORMAT_VERSION,
                      architecture="draft_layer", draft_layer=spec.to_dict(),
                      extra={"training": {**dataclasses.asdict(cfg), "data": args.data, "window": args.window,
-                                         "init": args.init},
+                                         "init": args.init, "draft_vocab": args.draft_vocab},
                             **metrics, "offline_walk": reports,
                             # per-depth rank accuracies: what the load policy and tree builder read
                             "rank_accuracy": next(iter(reports.values()), {}).get("rank_accuracy")})

