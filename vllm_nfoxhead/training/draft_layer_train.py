@@ -164,12 +164,19 @@ def length_batches(crops: Crops, order: list[int], batch_tokens: int) -> list[li
     return batches + ([cur] if cur else [])
 
 
-def batch_stream(crops: Crops, rows: list[int], batch_tokens: int, gen: torch.Generator) -> Iterator[list[int]]:
-    """Endless length-grouped batches in a fresh random order every pass."""
+def batch_stream(crops: Crops, rows: list[int], batch_tokens: int, seed: int,
+                 start: int = 0) -> Iterator[list[int]]:
+    """Endless length-grouped batches, from step `start` on: pass p visits every batch once
+    in an order drawn from (seed, p) alone, so a run resumed at step s sees what the
+    uninterrupted run saw from step s."""
+    batches = length_batches(crops, rows, batch_tokens)
+    step = start
     while True:
-        batches = length_batches(crops, rows, batch_tokens)
-        for k in torch.randperm(len(batches), generator=gen).tolist():
-            yield batches[k]
+        p, k = divmod(step, len(batches))
+        order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed * 1_000_003 + p)).tolist()
+        for j in order[k:]:
+            yield batches[j]
+        step = (p + 1) * len(batches)
 
 
 @torch.no_grad()

@@ -23,10 +23,12 @@ from typing import Any
 
 import torch
 
-from vllm_nfoxhead.core.draft_layer import DraftLayer, DraftLayerSpec, layer_tensors
+from vllm_nfoxhead.core.draft_layer import DraftLayer, DraftLayerSpec, layer_tensors, load_layer
 from vllm_nfoxhead.core.dtype_choice import AUTO_HELP, DTYPE_CHOICES, resolve_dtype
 from vllm_nfoxhead.core.errors import NFoxHeadError
-from vllm_nfoxhead.core.format import DRAFT_VOCAB_KEY, LAYER_FORMAT_VERSION, HeadsConfig, save_heads
+from vllm_nfoxhead.core.format import (
+    DRAFT_VOCAB_KEY, LAYER_FORMAT_VERSION, HeadsConfig, read_heads_tensors, save_heads, validate_heads_dir,
+)
 from vllm_nfoxhead.training.draft_layer_train import (
     Crops, LayerTrainConfig, batch_stream, cosine, evaluate_layer, layer_loss,
 )
@@ -51,11 +53,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", required=True, help="heads directory to write")
     p.add_argument("--force", action="store_true", help="replace --output if it exists")
     p.add_argument("--depth", type=int, default=d.depth, help="drafted tokens trained (unrolled depths; default %(default)s)")
-    p.add_argument("--window", type=int, default=s.window, help="true positions a request keeps (default %(default)s)")
+    p.add_argument("--window", type=int, default=None,
+                   help=f"true positions a request keeps (default {s.window}, or --init-from's)")
     p.add_argument("--intermediate-size", type=int, default=None, help="MLP width (default: the base model's)")
     p.add_argument("--init", choices=("random", "passthrough"), default="passthrough",
                    help="random: small random weights (EAGLE); passthrough: start as g = norm(f), "
                         "residual branches at zero (default %(default)s)")
+    p.add_argument("--init-from", default=None, metavar="DIR",
+                   help="start from this draft layer's weights, shape and draft vocabulary (a further "
+                        "schedule on the same or new data, e.g. in a later session) instead of --init")
     p.add_argument("--epochs", type=float, default=d.epochs, help="passes over the training answers (default %(default)s)")
     p.add_argument("--time-limit", type=float, default=90.0, help="minutes of training at most (default %(default)s)")
     p.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate (default %(default)s)")
@@ -76,8 +82,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.draft_vocab is not None and args.draft_vocab < 1:
         p.error("--draft-vocab must be at least 1")
+    if args.init_from and (args.draft_vocab is not None or args.intermediate_size is not None):
+        p.error("--init-from keeps that layer's shape and draft vocabulary: drop --draft-vocab and --intermediate-size")
     for flag in ("depth", "window", "batch_tokens"):
-        if getattr(args, flag) < 1:
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1")
     if args.epochs <= 0 or args.time_limit <= 0:
         p.error("--epochs and --time-limit must be positive")
@@ -127,6 +135,7 @@ def train(args: argparse.Namespace) -> Path:
     for f in [*args.data, *args.eval_data]:
         if not Path(f).is_file():
             raise NFoxHeadError(f"data file {f} does not exist", "run `python -m vllm_nfoxhead.training.datagen` first")
+    start = read_start(args.init_from, args.model) if args.init_from else None  # before loading anything
     if args.threads:
         torch.set_num_threads(args.threads)
     seed_everything(args.seed)
@@ -140,15 +149,10 @@ def train(args: argparse.Namespace) -> Path:
     evals = {f: load_crops(args, [f], model, dtype, cache, vocab_size) for f in args.eval_data}
     del model
     train_rows, held_out = split(len(crops), args.eval_fraction, args.seed)
-    vocab, remap = seen_vocab(crops, train_rows, vocab_size, args.draft_vocab)
-    spec = DraftLayerSpec(num_attention_heads=max(1, hidden_size // 64),
-                          intermediate_size=args.intermediate_size or _base_intermediate(args.model, hidden_size),
-                          window=args.window)
+    layer, vocab, remap = starting_layer(args, start, crops, train_rows, hidden_size, vocab_size)
+    spec = layer.spec
     cfg = LayerTrainConfig(depth=args.depth, epochs=args.epochs, lr=args.lr, batch_tokens=args.batch_tokens,
                            decay=args.decay, reg=args.reg, seed=args.seed)
-    layer = DraftLayer(hidden_size, spec)
-    if args.init == "passthrough":
-        layer.init_as_passthrough()
     metrics = fit(layer, crops, train_rows, embed, lm_head[vocab], remap, cfg, args, out)
     lm_rows = lm_head[vocab]
     reports = {}
@@ -163,8 +167,8 @@ def train(args: argparse.Namespace) -> Path:
                      shared_lm_head=True, base_model=str(args.model), dtype="bfloat16", conditioning="tokens",
                      draft_vocab_size=len(vocab), format_version=LAYER_FORMAT_VERSION,
                      architecture="draft_layer", draft_layer=spec.to_dict(),
-                     extra={"training": {**dataclasses.asdict(cfg), "data": args.data, "window": args.window,
-                                         "init": args.init, "draft_vocab": args.draft_vocab},
+                     extra={"training": {**dataclasses.asdict(cfg), "data": args.data, "window": spec.window,
+                                         "init": args.init_from or args.init, "draft_vocab": args.draft_vocab},
                             **metrics, "offline_walk": reports,
                             # per-depth rank accuracies: what the load policy and tree builder read
                             "rank_accuracy": next(iter(reports.values()), {}).get("rank_accuracy")})
@@ -173,6 +177,48 @@ def train(args: argparse.Namespace) -> Path:
     _checkpoint_file(out).unlink(missing_ok=True)
     say(f"wrote {path}")
     return path
+
+
+def read_start(heads_dir: str, model_dir: str) -> tuple[HeadsConfig, dict[str, torch.Tensor]]:
+    """The config and tensors of a draft layer to start from (--init-from), checked against
+    the base model's config.json before anything is loaded."""
+    import json
+
+    config = validate_heads_dir(heads_dir)
+    if not config.is_draft_layer:
+        raise NFoxHeadError(f"--init-from {heads_dir} holds heads, not a draft layer",
+                            "pass a directory written by train_layer")
+    base = json.loads((Path(model_dir) / "config.json").read_text())
+    want = (base.get("hidden_size"), base.get("vocab_size"))
+    if (config.hidden_size, config.vocab_size) != want:
+        raise NFoxHeadError(f"--init-from {heads_dir} was trained for hidden size {config.hidden_size} and "
+                            f"vocabulary {config.vocab_size}, not {want[0]} and {want[1]} as {model_dir}",
+                            "pass a draft layer trained for --model")
+    return config, read_heads_tensors(heads_dir, config)
+
+
+def starting_layer(args: argparse.Namespace, start: tuple[HeadsConfig, dict[str, torch.Tensor]] | None,
+                   crops: Crops, train_rows: list[int], hidden_size: int,
+                   vocab_size: int) -> tuple[DraftLayer, torch.Tensor, torch.Tensor]:
+    """(layer, draft vocabulary [V'], remap [V]): --init-from's layer and vocabulary, or a new
+    layer (--init) over the training answers' vocabulary (--draft-vocab)."""
+    if start is not None:
+        config, tensors = start
+        spec = dataclasses.replace(config.layer_spec, window=args.window or config.layer_spec.window)
+        layer = DraftLayer(hidden_size, spec)
+        load_layer(layer, {k: v.float() for k, v in tensors.items() if v.is_floating_point()})
+        vocab = tensors.get(DRAFT_VOCAB_KEY, torch.arange(vocab_size))
+        remap = torch.full((vocab_size,), IGNORE, dtype=torch.long)
+        remap[vocab] = torch.arange(len(vocab))
+        return layer, vocab, remap
+    vocab, remap = seen_vocab(crops, train_rows, vocab_size, args.draft_vocab)
+    spec = DraftLayerSpec(num_attention_heads=max(1, hidden_size // 64),
+                          intermediate_size=args.intermediate_size or _base_intermediate(args.model, hidden_size),
+                          window=args.window or DraftLayerSpec.window)
+    layer = DraftLayer(hidden_size, spec)
+    if args.init == "passthrough":
+        layer.init_as_passthrough()
+    return layer, vocab, remap
 
 
 def _base_intermediate(model_dir: str, hidden_size: int) -> int:
@@ -197,15 +243,13 @@ def fit(layer: DraftLayer, crops: Crops, rows: list[int], embed: torch.Tensor, l
     # The schedule anneals over plan["steps"], which the time limit may shorten (fit_to_time).
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: cosine(s, plan["steps"], max(1, round(cfg.warmup * plan["steps"]))))
-    gen = torch.Generator().manual_seed(cfg.seed)
     start, spent, ckpt = 0, 0.0, _checkpoint_file(out)
     if ckpt.is_file():
         state = torch.load(ckpt, weights_only=False)
         layer.load_state_dict(state["layer"]), opt.load_state_dict(state["opt"]), sched.load_state_dict(state["sched"])
-        gen.set_state(state["gen"])
         start, spent, plan = state["step"], state["seconds"], state["plan"]
         say(f"resuming from {ckpt} at step {start} of {plan['steps']}")
-    stream = batch_stream(crops, rows, cfg.batch_tokens, gen)
+    stream = batch_stream(crops, rows, cfg.batch_tokens, cfg.seed, start)
     t0, saved, loss = time.monotonic() - spent, time.monotonic(), float("nan")
     bar = tqdm(total=plan["steps"], initial=start, desc="train", unit="step", disable=args.quiet)
     step = start
@@ -227,7 +271,7 @@ def fit(layer: DraftLayer, crops: Crops, rows: list[int], embed: torch.Tensor, l
         if step - start in REPLAN_AT:
             fit_to_time(plan, step, time.monotonic() - t0, args.time_limit * 60, epoch_steps, bar)
         if time.monotonic() - saved > CHECKPOINT_MINUTES * 60:
-            _save_checkpoint(ckpt, layer, opt, sched, gen, step, time.monotonic() - t0, plan)
+            _save_checkpoint(ckpt, layer, opt, sched, step, time.monotonic() - t0, plan)
             saved = time.monotonic()
     bar.close()
     return {"steps": step, "epochs_done": round(step * cfg.batch_tokens / tokens, 3), "train_tokens": tokens, "final_loss": round(loss, 4),
@@ -246,11 +290,11 @@ def fit_to_time(plan: dict[str, int], step: int, seconds: float, limit: float, e
         bar.total = affordable
 
 
-def _save_checkpoint(path: Path, layer: DraftLayer, opt: Any, sched: Any, gen: torch.Generator,
+def _save_checkpoint(path: Path, layer: DraftLayer, opt: Any, sched: Any,
                      step: int, seconds: float, plan: dict[str, int]) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save({"layer": layer.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                "gen": gen.get_state(), "step": step, "seconds": seconds, "plan": plan}, tmp)
+                "step": step, "seconds": seconds, "plan": plan}, tmp)
     os.replace(tmp, path)
 
 

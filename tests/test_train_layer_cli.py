@@ -1,0 +1,96 @@
+"""train_layer end to end on a tiny random Llama: output, learning, resume, --init-from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from test_training import _records, data_file, one_thread, tiny_model  # noqa: F401 (fixtures)
+from vllm_nfoxhead.core.format import DRAFT_VOCAB_KEY, read_heads_tensors, validate_heads_dir
+from vllm_nfoxhead.training import train_layer as TL
+
+
+def _cli(model: Path, data: Path, out: Path, cache: Path, *extra: str) -> list[str]:
+    return ["--model", str(model), "--data", str(data), "--output", str(out), "--cache-dir", str(cache),
+            "--depth", "3", "--window", "8", "--epochs", "30", "--batch-tokens", "256", "--lr", "1e-2",
+            "--base-dtype", "float32", "--quiet", *extra]
+
+
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    return read_heads_tensors(path, validate_heads_dir(path))
+
+
+def test_writes_a_draft_layer_that_learned(tiny_model, data_file, tmp_path):
+    """The answers count upwards: a layer that reads e(x_{t+1}) can draft them. Its walk
+    must beat what the untrained (passthrough) layer drafts."""
+    out, cache = tmp_path / "layer", tmp_path / "cache"
+    assert TL.main(_cli(tiny_model, data_file, out, cache, "--eval-data", str(data_file),
+                        "--draft-vocab", "60")) == 0
+    config = validate_heads_dir(out)
+    assert config.is_draft_layer and config.draft_vocab_size == 60 and config.layer_spec.window == 8
+    assert config.extra["training"]["draft_vocab"] == 60 and config.extra["training"]["window"] == 8
+    assert len(_tensors(out)[DRAFT_VOCAB_KEY]) == 60
+    walk = config.extra["offline_walk"]
+    assert set(walk) == {"held_out", str(data_file)} and len(config.extra["rank_accuracy"]) == 3
+    untrained = tmp_path / "untrained"
+    assert TL.main(_cli(tiny_model, data_file, untrained, cache, "--eval-data", str(data_file),
+                        "--lr", "0")) == 0
+    before = validate_heads_dir(untrained).extra["offline_walk"][str(data_file)]["chain_accept"]
+    assert walk[str(data_file)]["chain_accept"] > before + 0.2, (walk, before)
+    assert not TL._checkpoint_file(out).exists()
+
+
+def test_an_interrupted_run_resumes_to_the_same_layer(tiny_model, data_file, tmp_path, monkeypatch, capsys):
+    """Killed after 5 steps with a checkpoint after every step, the same command resumes and
+    ends with the weights of a run that was never interrupted."""
+    cache = tmp_path / "cache"
+    whole = tmp_path / "whole"
+    assert TL.main(_cli(tiny_model, data_file, whole, cache)) == 0
+    monkeypatch.setattr(TL, "CHECKPOINT_MINUTES", 0.0)
+    real, calls = TL.layer_loss, []
+
+    def killed_at_step_6(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(TL, "layer_loss", killed_at_step_6)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        TL.main(_cli(tiny_model, data_file, out, cache))
+    assert TL._checkpoint_file(out).exists() and not out.exists()
+    monkeypatch.setattr(TL, "layer_loss", real)
+    assert TL.main(_cli(tiny_model, data_file, out, cache)) == 0
+    assert "at step 5 of" in capsys.readouterr().out
+    want, got = _tensors(whole), _tensors(out)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], msg=name)
+    assert not TL._checkpoint_file(out).exists()
+
+
+def test_init_from_starts_from_a_trained_layer(tiny_model, data_file, tmp_path, capsys):
+    """--init-from keeps the layer's weights, shape and draft vocabulary (with --lr 0 the
+    output is the input); heads or a clashing flag are refused with one line."""
+    cache, first = tmp_path / "cache", tmp_path / "first"
+    assert TL.main(_cli(tiny_model, data_file, first, cache, "--draft-vocab", "50", "--window", "6")) == 0
+    again = tmp_path / "again"
+    args = _cli(tiny_model, data_file, again, cache, "--lr", "0", "--init-from", str(first))
+    args.remove("--window"), args.remove("8")
+    assert TL.main(args) == 0
+    assert validate_heads_dir(again).layer_spec == validate_heads_dir(first).layer_spec
+    want, got = _tensors(first), _tensors(again)
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], msg=name)
+    with pytest.raises(SystemExit):
+        TL.main(_cli(tiny_model, data_file, tmp_path / "x", cache, "--init-from", str(first), "--draft-vocab", "9"))
+    assert "--init-from keeps that layer's shape and draft vocabulary" in capsys.readouterr().err
+    from test_format import small_config, write_heads
+
+    write_heads(tmp_path / "heads", small_config(hidden_size=32, vocab_size=64))
+    with pytest.raises(SystemExit, match="holds heads, not a draft layer") as exc:
+        TL.main(_cli(tiny_model, data_file, tmp_path / "y", cache, "--init-from", str(tmp_path / "heads")))
+    assert "\n" not in str(exc.value)
