@@ -128,6 +128,7 @@ class LayerStep:
         qpos = self.last[rows] + k  # [M]
         if k == 0:
             z = self.root[rows]
+            q = self.layer.query(z.unsqueeze(1), qpos.unsqueeze(1)).squeeze(1)  # [M, nh, hd]
             ek = self.keys.new_zeros(len(rows), 0, *self.keys.shape[2:])
             ev = ek
         else:
@@ -137,8 +138,6 @@ class LayerStep:
             q = q.squeeze(1)
             ek = torch.cat([self.extra[k - 1][0][parent], nk], dim=1)
             ev = torch.cat([self.extra[k - 1][1][parent], nv], dim=1)
-        if k == 0:
-            q = self.layer.query(z.unsqueeze(1), qpos.unsqueeze(1)).squeeze(1)  # [M, nh, hd]
         visible = qpos.unsqueeze(1) - self.kpos[rows] < self.w  # [M, L]
         mask = torch.cat([visible, visible.new_ones(len(rows), ek.shape[1])], dim=1)
         g = self.layer.finish(z, attend(q, torch.cat([self.keys[rows], ek], 1),

@@ -14,7 +14,9 @@ every --eval-data file in config.json.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
+import json
 import math
 import os
 import time
@@ -34,6 +36,7 @@ from vllm_nfoxhead.training.draft_layer_train import (
 )
 from vllm_nfoxhead.training.train import check_data_fits, default_cache_dir, say
 from vllm_nfoxhead.training.datagen import run_cli
+from vllm_nfoxhead.training.draft_vocab import most_frequent_ids
 from vllm_nfoxhead.training.trainer import (
     IGNORE, cache_key, cached_hidden_states, embed_weight, join_sequences, lm_head_weight, load_base,
     read_sequences, seed_everything,
@@ -121,11 +124,15 @@ def seen_vocab(crops: Crops, rows: list[int], vocab_size: int,
     targets = torch.cat([crops.tokens[crops.starts[s] + 2: crops.starts[s + 1]] for s in rows])
     seen, counts = torch.unique(targets, return_counts=True)  # sorted ids [V'], [V']
     if size is not None and size < len(seen):
-        rank = sorted(range(len(seen)), key=lambda k: (-int(counts[k]), int(seen[k])))
-        seen = torch.sort(seen[torch.tensor(rank[:size])]).values
+        seen = most_frequent_ids(collections.Counter(dict(zip(seen.tolist(), counts.tolist()))), seen, size)
+    return seen, vocab_remap(seen, vocab_size)
+
+
+def vocab_remap(vocab: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """remap [V] int64: token id -> its column in the draft vocabulary `vocab` [V'], or IGNORE."""
     remap = torch.full((vocab_size,), IGNORE, dtype=torch.long)
-    remap[seen] = torch.arange(len(seen))
-    return seen, remap
+    remap[vocab] = torch.arange(len(vocab))
+    return remap
 
 
 def train(args: argparse.Namespace) -> Path:
@@ -153,8 +160,8 @@ def train(args: argparse.Namespace) -> Path:
     spec = layer.spec
     cfg = LayerTrainConfig(depth=args.depth, epochs=args.epochs, lr=args.lr, batch_tokens=args.batch_tokens,
                            decay=args.decay, reg=args.reg, seed=args.seed)
-    metrics = fit(layer, crops, train_rows, embed, lm_head[vocab], remap, cfg, args, out)
-    lm_rows = lm_head[vocab]
+    lm_rows = lm_head[vocab]  # [V', H]
+    metrics = fit(layer, crops, train_rows, embed, lm_rows, remap, cfg, args, out)
     reports = {}
     if held_out:
         reports["held_out"] = evaluate_layer(layer, crops, held_out, embed, lm_rows, vocab, cfg.depth,
@@ -182,13 +189,11 @@ def train(args: argparse.Namespace) -> Path:
 def read_start(heads_dir: str, model_dir: str) -> tuple[HeadsConfig, dict[str, torch.Tensor]]:
     """The config and tensors of a draft layer to start from (--init-from), checked against
     the base model's config.json before anything is loaded."""
-    import json
-
     config = validate_heads_dir(heads_dir)
     if not config.is_draft_layer:
         raise NFoxHeadError(f"--init-from {heads_dir} holds heads, not a draft layer",
                             "pass a directory written by train_layer")
-    base = json.loads((Path(model_dir) / "config.json").read_text())
+    base = _base_config(model_dir)
     want = (base.get("hidden_size"), base.get("vocab_size"))
     if (config.hidden_size, config.vocab_size) != want:
         raise NFoxHeadError(f"--init-from {heads_dir} was trained for hidden size {config.hidden_size} and "
@@ -208,9 +213,7 @@ def starting_layer(args: argparse.Namespace, start: tuple[HeadsConfig, dict[str,
         layer = DraftLayer(hidden_size, spec)
         load_layer(layer, {k: v.float() for k, v in tensors.items() if v.is_floating_point()})
         vocab = tensors.get(DRAFT_VOCAB_KEY, torch.arange(vocab_size))
-        remap = torch.full((vocab_size,), IGNORE, dtype=torch.long)
-        remap[vocab] = torch.arange(len(vocab))
-        return layer, vocab, remap
+        return layer, vocab, vocab_remap(vocab, vocab_size)
     vocab, remap = seen_vocab(crops, train_rows, vocab_size, args.draft_vocab)
     spec = DraftLayerSpec(num_attention_heads=max(1, hidden_size // 64),
                           intermediate_size=args.intermediate_size or _base_intermediate(args.model, hidden_size),
@@ -221,10 +224,13 @@ def starting_layer(args: argparse.Namespace, start: tuple[HeadsConfig, dict[str,
     return layer, vocab, remap
 
 
-def _base_intermediate(model_dir: str, hidden_size: int) -> int:
-    import json
+def _base_config(model_dir: str) -> dict[str, Any]:
+    """The base model's config.json."""
+    return json.loads((Path(model_dir) / "config.json").read_text())
 
-    return int(json.loads((Path(model_dir) / "config.json").read_text()).get("intermediate_size", 4 * hidden_size))
+
+def _base_intermediate(model_dir: str, hidden_size: int) -> int:
+    return int(_base_config(model_dir).get("intermediate_size", 4 * hidden_size))
 
 
 def _checkpoint_file(out: Path) -> Path:

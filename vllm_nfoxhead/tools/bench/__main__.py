@@ -23,6 +23,7 @@ from pathlib import Path
 
 from vllm_nfoxhead.core.dtype_choice import AUTO_HELP, DTYPE_CHOICES, cpu_bf16_native, resolve_dtype
 from vllm_nfoxhead.core.errors import NFoxHeadError
+from vllm_nfoxhead.core.format import validate_heads_dir
 from vllm_nfoxhead.core.lookup import DEFAULT_LOOKUP
 from vllm_nfoxhead.tools.bench.methods import Method, ngram_method, nfoxhead_methods, vllm_medusa_method
 from vllm_nfoxhead.tools.bench.report import plot, rows, table, write_json
@@ -148,8 +149,6 @@ def choose_methods(args: argparse.Namespace, model: Path, heads: Path, workdir: 
     unknown = wanted - {"plain", "ngram", "vllm-medusa", "nfoxhead"}
     if unknown:
         raise NFoxHeadError(f"unknown method(s) {sorted(unknown)}", "use plain, ngram, vllm-medusa, nfoxhead")
-    from vllm_nfoxhead.core.format import validate_heads_dir
-
     k = args.num_speculative_tokens or validate_heads_dir(heads).num_heads
     methods = [Method("plain", None)]
     if "ngram" in wanted:
@@ -175,8 +174,6 @@ def choose_methods(args: argparse.Namespace, model: Path, heads: Path, workdir: 
 
 def medusa_heads(args: argparse.Namespace, heads: Path) -> Path | None:
     """Heads vLLM's Medusa can run: --medusa-heads, the shipped ones, or --heads if Medusa-style."""
-    from vllm_nfoxhead.core.format import validate_heads_dir
-
     if args.medusa_heads is not None:
         if validate_heads_dir(args.medusa_heads).token_conditioned:
             raise NFoxHeadError(f"--medusa-heads {args.medusa_heads} are token-conditioned",
@@ -218,13 +215,9 @@ def main(argv: list[str] | None = None) -> None:
     stop_on_sigterm()
     model, heads = resolve_model(args)
     for other in args.compare_heads:  # before any engine starts: one line for a bad directory
-        from vllm_nfoxhead.core.format import validate_heads_dir
-
-        validate_heads_dir(other)
+            validate_heads_dir(other)
     if args.trees is None:
-        from vllm_nfoxhead.core.format import validate_heads_dir
-
-        args.trees = [own] if (own := validate_heads_dir(heads).tree) else ["mc_sim_16"]
+            args.trees = [own] if (own := validate_heads_dir(heads).tree) else ["mc_sim_16"]
     from vllm import SamplingParams
 
     prompts = tokenize(model, load_prompts(args.prompts, args.num_prompts), not args.no_chat)
