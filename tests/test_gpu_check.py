@@ -25,7 +25,7 @@ WHEEL_DIR = REPO / ".cache" / "vllm-wheels"
 EXPECTED_CHECKS = {
     "fix_tree_rows_triton[float32,mixed batch]", "kv_compaction", "verify_trees[greedy]",
     "verify_trees[typical]", "verify_trees[generators]", "verify_trees[sampling distribution]",
-    "tree_sampler_step", "heads", "cost_table",
+    "tree_sampler_step", "heads", "draft_layer", "cost_table",
 } | {f"attention[{dtype},block={block},heads={heads},D=32]"
      for dtype in ("float32", "float16") for block in (16, 32) for heads in ("4/2", "3/1")}
 

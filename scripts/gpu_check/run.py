@@ -134,6 +134,7 @@ def plan(sizes: Sizes, out_dir: Path, skip_cost: bool) -> list[tuple[str, Callab
     """(check name, fn(check)) in run order."""
     import check_attention as att
     import check_cost as cost
+    import check_draft_layer as layer
     import check_sampling as smp
 
     checks = []
@@ -155,6 +156,7 @@ def plan(sizes: Sizes, out_dir: Path, skip_cost: bool) -> list[tuple[str, Callab
         ("verify_trees[sampling distribution]", lambda c: smp.check_sampling_distribution(c, sizes)),
         ("tree_sampler_step", lambda c: smp.check_sampler_step(c, sizes)),
         ("heads", lambda c: smp.check_heads(c, sizes)),
+        ("draft_layer", lambda c: layer.check_draft_layer(c, sizes)),
     ]
     if not skip_cost:
         checks.append(("cost_table", lambda c: cost.check_cost_table(c, sizes, out_dir)))
