@@ -2,9 +2,10 @@
 
 The proposer keeps each request's window of keys/values (`Windows`) and drafts
 depth by depth through `LayerStep`; both must create every tensor on the
-device of their inputs. In float64 the device and the CPU compute the same
-numbers to ~1e-12, so the drafted tokens (top-k of nearly equal logits are
-never near a tie at that precision) must be identical; in bfloat16 the
+device of their inputs. With float64 weights the device and the CPU agree to
+float32 rounding (the layer computes rotary angles and attention scores in
+float32, as it does in every dtype), far inside the gaps between the top
+logits, so the drafted tokens must be identical; in bfloat16 the
 per-depth outputs must stay close to the float64 reference on the same
 (teacher-forced) contexts.
 """
@@ -75,7 +76,7 @@ def check_draft_layer(check: Check, sizes: Sizes) -> None:
     for r in ENTRIES:
         require(dev_windows.keys[r].device.type == torch.device(device).type, f"window of {r} on the CPU")
         require(len(dev_windows.keys[r]) == min(ENTRIES[r], WINDOW), f"window of {r} not bounded")
-        compare(dev_windows.keys[r], cpu_windows.keys[r], 1e-9, f"float64 window keys of {r}")
+        compare(dev_windows.keys[r], cpu_windows.keys[r], 1e-4, f"float64 window keys of {r}")
     want_tree = TreeDrafter(tree).draft_conditioned(_step(cpu_layer, cpu_windows, cpu_embed), first)
     got_tree = TreeDrafter(tree).draft_conditioned(_step(dev_layer, dev_windows, dev_embed), first.to(device))
     require(got_tree.device.type == torch.device(device).type, f"tree drafts on {got_tree.device}")
