@@ -54,6 +54,14 @@ def test_every_benchmark_set_is_excluded(tmp_path: Path):
     assert len(S.bench_texts()) >= 160  # the shipped template and chat benchmark sets
 
 
+def test_exclude_files_are_read_and_checked(tmp_path: Path):
+    first = tmp_path / "self-train.jsonl"
+    first.write_text(json.dumps({"id": "s", "prompt": "How do magnets work at all?"}) + "\n")
+    assert S.prompt_texts(S.check_exclude_files([str(first)])) == {normalise("How do magnets work at all?")}
+    with pytest.raises(NFoxHeadError, match="--exclude file .*missing.jsonl does not exist"):
+        S.check_exclude_files([str(first), str(tmp_path / "missing.jsonl")])
+
+
 class _Template:
     def __init__(self, template: str) -> None:
         self.template = template

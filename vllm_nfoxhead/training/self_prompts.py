@@ -17,7 +17,7 @@ sequence instead of repeating it.
 CLI (engine creation sits under ``__main__``: vLLM spawns its engine process):
 
     python -m vllm_nfoxhead.training.self_prompts --model DIR --out data/prompts/self-train.jsonl \\
-        --count 5000 [--batch-size 256] [--temperature 1.0] [--seed 0]
+        --count 5000 [--batch-size 256] [--temperature 1.0] [--seed 0] [--exclude FILE ...]
 """
 
 from __future__ import annotations
@@ -70,12 +70,26 @@ def prompt_id(text: str) -> str:
     return "self-" + hashlib.sha1(normalise(text).encode("utf-8")).hexdigest()[:12]
 
 
-def bench_texts(folder: Path = BENCH_SETS) -> set[str]:
-    """Normalised texts of every benchmark prompt set: never used for training."""
+def prompt_texts(paths: Iterable[Path]) -> set[str]:
+    """Normalised prompt texts of JSONL prompt files ({"prompt": ...} per line)."""
     texts: set[str] = set()
-    for path in sorted(folder.glob("*bench*.jsonl")):
+    for path in paths:
         texts.update(normalise(row["prompt"]) for _, row in jsonl_objects(path))
     return texts
+
+
+def bench_texts(folder: Path = BENCH_SETS) -> set[str]:
+    """Normalised texts of every benchmark prompt set: never used for training."""
+    return prompt_texts(sorted(folder.glob("*bench*.jsonl")))
+
+
+def check_exclude_files(paths: Sequence[str]) -> list[Path]:
+    """--exclude files as paths; one clear error for a missing one (before any engine starts)."""
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise NFoxHeadError(f"--exclude file {missing[0]} does not exist",
+                            "pass existing prompt JSONL files (for example data/prompts/self-train.jsonl)")
+    return [Path(p) for p in paths]
 
 
 def read_existing(path: Path) -> tuple[set[str], int]:
@@ -112,10 +126,11 @@ def run(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
     out = Path(args.out)
+    others = prompt_texts(check_exclude_files(args.exclude))
     seen, attempt = read_existing(out)
-    excluded, banned = bench_texts(), load_config().benchmark_phrases
-    print(f"[self_prompts] {len(seen)} prompts already in {out}; {len(excluded)} benchmark texts excluded",
-          flush=True)
+    excluded, banned = bench_texts() | others, load_config().benchmark_phrases
+    print(f"[self_prompts] {len(seen)} prompts already in {out}; {len(excluded) - len(others)} benchmark texts "
+          f"and {len(others)} texts of --exclude files excluded", flush=True)
     if len(seen) >= args.count:
         return 0
     tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -176,6 +191,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gpu-memory-utilization", type=float, default=0.3,
                    help="share of memory for the KV cache (the CPU build sizes it from this; default 0.3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled sequence (default 0)")
+    p.add_argument("--exclude", nargs="+", default=[], metavar="FILE",
+                   help="prompt JSONL files whose prompts are not kept again (e.g. an earlier set, "
+                        "when writing a second one with another --seed)")
     args = p.parse_args(argv)
     require_at_least_one(p, args, ("count", "batch_size", "max_tokens"))
     return args
