@@ -77,12 +77,19 @@ def test_user_turn_prefix():
         S.user_turn_prefix(_Template("<s>system only</s>"))
 
 
-def test_committed_set_is_clean():
-    """data/prompts/self-train.jsonl: unique, kept by the rules, no benchmark text."""
-    rows = [row for _, row in S.jsonl_objects(S.BENCH_SETS / "self-train.jsonl")]
+@pytest.mark.parametrize("name", ["self-train.jsonl", "self-train-2.jsonl"])
+def test_committed_set_is_clean(name: str):
+    """data/prompts/self-train*.jsonl: unique, kept by the rules, no benchmark text."""
+    rows = [row for _, row in S.jsonl_objects(S.BENCH_SETS / name)]
     assert len(rows) >= 1000
     assert len({r["id"] for r in rows}) == len(rows) == len({normalise(r["prompt"]) for r in rows})
     bench = S.bench_texts()
     for r in rows:
         assert S.clean_prompt(r["prompt"], S.load_config().benchmark_phrases) == r["prompt"], r
         assert normalise(r["prompt"]) not in bench and r["id"] == S.prompt_id(r["prompt"]), r
+
+
+def test_second_set_repeats_no_prompt_of_the_first():
+    """self-train-2.jsonl was written with --exclude self-train.jsonl."""
+    first = S.prompt_texts([S.BENCH_SETS / "self-train.jsonl"])
+    assert not first & S.prompt_texts([S.BENCH_SETS / "self-train-2.jsonl"])
