@@ -128,8 +128,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     others = prompt_texts(check_exclude_files(args.exclude))
     seen, attempt = read_existing(out)
-    excluded, banned = bench_texts() | others, load_config().benchmark_phrases
-    print(f"[self_prompts] {len(seen)} prompts already in {out}; {len(excluded) - len(others)} benchmark texts "
+    bench, banned = bench_texts(), load_config().benchmark_phrases
+    excluded = bench | others
+    print(f"[self_prompts] {len(seen)} prompts already in {out}; {len(bench)} benchmark texts "
           f"and {len(others)} texts of --exclude files excluded", flush=True)
     if len(seen) >= args.count:
         return 0

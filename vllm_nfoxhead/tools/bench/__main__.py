@@ -215,9 +215,9 @@ def main(argv: list[str] | None = None) -> None:
     stop_on_sigterm()
     model, heads = resolve_model(args)
     for other in args.compare_heads:  # before any engine starts: one line for a bad directory
-            validate_heads_dir(other)
+        validate_heads_dir(other)
     if args.trees is None:
-            args.trees = [own] if (own := validate_heads_dir(heads).tree) else ["mc_sim_16"]
+        args.trees = [own] if (own := validate_heads_dir(heads).tree) else ["mc_sim_16"]
     from vllm import SamplingParams
 
     prompts = tokenize(model, load_prompts(args.prompts, args.num_prompts), not args.no_chat)
