@@ -8,6 +8,7 @@ import torch
 from vllm_nfoxhead.core.draft_layer import DraftLayer, DraftLayerSpec, layer_shapes, layer_tensors
 from vllm_nfoxhead.core.drafting import ChainDrafter
 from vllm_nfoxhead.core.layer_drafting import LayerStep, Windows
+from vllm_nfoxhead.core.served_layer import ServedLayer
 from vllm_nfoxhead.core.tree import TreeDrafter, parse_tree
 from vllm_nfoxhead.training.draft_layer_train import unrolled
 
@@ -31,16 +32,16 @@ def test_serving_draft_equals_unrolled_training_pass(window: int, chunk: int) ->
     tokens = torch.randint(0, V, (1, n))
     with torch.no_grad():
         want = unrolled(layer, feats, tokens, embed, depth)  # depth d: [1, n-1, H]
-        windows = Windows(window)
+        served, windows = ServedLayer(layer), Windows(window)
         done = 0
         for i in range(n - depth):
             while done <= i:  # entries arrive in chunks, as accepted runs do
                 hi = min(done + chunk, i + 1)
-                windows.append("r", layer, layer.entry(feats[0, done:hi], embed[tokens[0, done + 1: hi + 1]]))
+                windows.append("r", served, served.entry(feats[0, done:hi], embed[tokens[0, done + 1: hi + 1]]))
                 done = hi
             if done != i + 1:
                 continue
-            step = LayerStep(layer, windows, ["r"], lambda g: g @ embed.T, lambda ids: embed[ids])
+            step = LayerStep(served, windows, ["r"], lambda g: g @ embed.T, lambda ids: embed[ids])
             rows = torch.zeros(1, dtype=torch.long)
             for d in range(depth):  # depth d+1 conditions on the true x_{i+d+1}
                 step(d, rows, tokens[:, i + 1: i + d + 2])
@@ -48,21 +49,21 @@ def test_serving_draft_equals_unrolled_training_pass(window: int, chunk: int) ->
 
 
 def test_windows_are_bounded_and_freed() -> None:
-    layer, windows = small_layer(4), Windows(4)
+    layer, windows = ServedLayer(small_layer(4)), Windows(4)
     for _ in range(3):
         windows.append("a", layer, torch.randn(3, H, dtype=torch.float64))
     windows.append("b", layer, torch.randn(1, H, dtype=torch.float64))
-    assert windows.keys["a"].shape[0] == 4 and windows.last_pos["a"] == 8
+    assert windows.keys["a"].shape[1] == 4 and windows.last_pos["a"] == 8
     windows.keep_only({"b"})
     assert "a" not in windows and len(windows) == 1
     windows.drop("b")
-    assert len(windows) == 0 and not windows.last_entry
+    assert len(windows) == 0 and not windows.last_entry and not windows.last_query
 
 
 def test_batched_window_appends_equal_one_by_one() -> None:
     """Windows.extend (one projection for every request of a step) stores what per-request
     appends store, a position jump included (a fresh window)."""
-    layer = small_layer(4)
+    layer = ServedLayer(small_layer(4))
     z = {r: torch.randn(n, H, dtype=torch.float64) for r, n in (("a", 3), ("b", 1), ("c", 6))}
     one, many = Windows(4), Windows(4)
     with torch.no_grad():
@@ -75,15 +76,33 @@ def test_batched_window_appends_equal_one_by_one() -> None:
         torch.testing.assert_close(many.keys[r], one.keys[r])
         torch.testing.assert_close(many.values[r], one.values[r])
         assert many.last_pos[r] == one.last_pos[r] and torch.equal(many.last_entry[r], one.last_entry[r])
-    assert many.keys["b"].shape[0] == 1 and many.keys["c"].shape[0] == 4
+    assert many.keys["b"].shape[1] == 1 and many.keys["c"].shape[1] == 4
 
 
-def test_attention_inputs_equal_query_and_keys_values() -> None:
-    layer, z, pos = small_layer(4), torch.randn(3, 1, H, dtype=torch.float64), torch.tensor([[5], [9], [70]])
+def test_served_layer_computes_what_the_training_layer_does() -> None:
+    """Fused q|k|v and gate|up GEMMs, joint rotary and SDPA give the training module's values."""
+    layer = small_layer(4)
+    served, z, pos = ServedLayer(layer), torch.randn(3, H, dtype=torch.float64), torch.tensor([5, 9, 70])
     with torch.no_grad():
-        q, k, v = layer.attention_inputs(z, pos)
-        torch.testing.assert_close(q, layer.query(z, pos))
-        torch.testing.assert_close((k, v), layer.keys_values(z, pos))
+        q, k, v = served.qkv_heads(z, pos)
+        torch.testing.assert_close(q * layer.hd ** -0.5, layer.query(z.unsqueeze(1), pos.unsqueeze(1)).squeeze(1))
+        torch.testing.assert_close((k, v), tuple(t.squeeze(1) for t in layer.keys_values(z.unsqueeze(1),
+                                                                                         pos.unsqueeze(1))))
+        attended = torch.randn(3, layer.nh, layer.hd, dtype=torch.float64)
+        torch.testing.assert_close(served.finish(z, attended), layer.finish(z, attended))
+        torch.testing.assert_close(served.entry(z, z.flip(0)), layer.entry(z, z.flip(0)))
+
+
+def test_served_layer_uses_the_gemms_it_is_given() -> None:
+    """Every projection goes through the factory's GEMMs (the vLLM adapter passes the engine's)."""
+    made: list[tuple[int, int]] = []
+
+    def counting(weight: torch.Tensor):
+        made.append(tuple(weight.shape))
+        return lambda x: x @ weight.T
+
+    ServedLayer(small_layer(4), counting)
+    assert sorted(made) == sorted([(H, 2 * H), (3 * H, H), (H, H), (48, H), (H, 24)])
 
 
 def test_training_draft_vocabulary_keeps_the_most_frequent_targets() -> None:
@@ -104,7 +123,7 @@ def test_on_disk_names_and_shapes_agree() -> None:
     assert {k: tuple(v.shape) for k, v in layer_tensors(layer).items()} == shapes
 
 
-def _two_requests(layer: DraftLayer, embed: torch.Tensor) -> Windows:
+def _two_requests(layer: ServedLayer, embed: torch.Tensor) -> Windows:
     windows = Windows(8)
     for name, n in (("a", 5), ("b", 2)):
         feats = torch.randn(n, H, dtype=torch.float64)
@@ -114,7 +133,7 @@ def _two_requests(layer: DraftLayer, embed: torch.Tensor) -> Windows:
 
 def test_tree_nodes_are_their_paths_chain_drafts() -> None:
     """Every tree node holds the rank-r token the chain along its path would score there."""
-    layer, embed = small_layer(8), torch.randn(V, H, dtype=torch.float64)
+    layer, embed = ServedLayer(small_layer(8)), torch.randn(V, H, dtype=torch.float64)
     windows = _two_requests(layer, embed)
 
     def new_step() -> LayerStep:
@@ -197,9 +216,9 @@ def test_offline_walk_counts_what_serving_drafts_accept() -> None:
         walk = evaluate_layer(layer, crops, [0], embed, embed[vocab], vocab, depth, torch.device("cpu"))
         runs = []
         for i in range(n - 2):
-            windows = Windows(6)
-            windows.append("r", layer, layer.entry(feats[: i + 1], embed[torch.tensor(ids[1: i + 2])]))
-            step = LayerStep(layer, windows, ["r"], lambda g: g @ embed[vocab].T, lambda x: embed[x])
+            served, windows = ServedLayer(layer), Windows(6)
+            windows.append("r", served, served.entry(feats[: i + 1], embed[torch.tensor(ids[1: i + 2])]))
+            step = LayerStep(served, windows, ["r"], lambda g: g @ embed[vocab].T, lambda x: embed[x])
             drafted = ChainDrafter(depth).draft_conditioned(step, torch.tensor([ids[i + 1]]), vocab=vocab)[0].tolist()
             truth = ids[i + 2: i + 2 + depth]
             run = 0

@@ -1,10 +1,10 @@
-"""The draft layer's serving path (core/layer_drafting.py) on the check's device.
+"""The draft layer's serving path (core/layer_drafting.py, core/served_layer.py) on the check's device.
 
 The proposer keeps each request's window of keys/values (`Windows`) and drafts
 depth by depth through `LayerStep`; both must create every tensor on the
 device of their inputs. With float64 weights the device and the CPU agree to
-float32 rounding (the layer computes rotary angles and attention scores in
-float32, as it does in every dtype), far inside the gaps between the top
+float32 rounding (the layer computes rotary angles in float32, as it does
+in every dtype), far inside the gaps between the top
 logits, so the drafted tokens must be identical; in bfloat16 the
 per-depth outputs must stay close to the float64 reference on the same
 (teacher-forced) contexts.
@@ -21,6 +21,7 @@ from check_common import Check, Sizes, compare, require
 from vllm_nfoxhead.core.draft_layer import DraftLayer, DraftLayerSpec
 from vllm_nfoxhead.core.drafting import ChainDrafter
 from vllm_nfoxhead.core.layer_drafting import LayerStep, Windows
+from vllm_nfoxhead.core.served_layer import ServedLayer
 from vllm_nfoxhead.core.tree import TreeDrafter
 
 WINDOW = 4
@@ -38,7 +39,7 @@ def _layer(hidden: int, heads: int, seed: int) -> DraftLayer:
     return layer.eval()
 
 
-def _windows(layer: DraftLayer, feats: dict[str, torch.Tensor], nexts: dict[str, torch.Tensor],
+def _windows(layer: ServedLayer, feats: dict[str, torch.Tensor], nexts: dict[str, torch.Tensor],
              embed: torch.Tensor) -> Windows:
     """Windows of both requests, the first entries one by one, the rest in one `extend` (as a step)."""
     windows = Windows(WINDOW)
@@ -48,7 +49,7 @@ def _windows(layer: DraftLayer, feats: dict[str, torch.Tensor], nexts: dict[str,
     return windows
 
 
-def _step(layer: DraftLayer, windows: Windows, embed: torch.Tensor) -> LayerStep:
+def _step(layer: ServedLayer, windows: Windows, embed: torch.Tensor) -> LayerStep:
     return LayerStep(layer, windows, list(ENTRIES), lambda g: g @ embed.T, lambda ids: embed[ids])
 
 
@@ -61,21 +62,22 @@ def check_draft_layer(check: Check, sizes: Sizes) -> None:
     feats = {r: torch.randn(n, hidden, generator=gen, dtype=torch.float64) for r, n in ENTRIES.items()}
     nexts = {r: torch.randint(0, vocab, (n,), generator=gen) for r, n in ENTRIES.items()}
     first = torch.randint(0, vocab, (len(ENTRIES),), generator=gen)
-    cpu_layer = _layer(hidden, heads, seed=82).double()
+    cpu_module = _layer(hidden, heads, seed=82).double()
+    cpu_layer = ServedLayer(cpu_module)
     tree = tree_named("mc_sim_16")
 
-    def run(layer: DraftLayer, dev: str, dtype: torch.dtype) -> tuple[Windows, torch.Tensor]:
+    def run(layer: ServedLayer, dev: str, dtype: torch.dtype) -> tuple[Windows, torch.Tensor]:
         emb = embed.to(dev, dtype)
         windows = _windows(layer, {r: f.to(dev, dtype) for r, f in feats.items()},
                            {r: t.to(dev) for r, t in nexts.items()}, emb)
         return windows, emb
 
     cpu_windows, cpu_embed = run(cpu_layer, "cpu", torch.float64)
-    dev_layer = copy.deepcopy(cpu_layer).to(device)
+    dev_layer = ServedLayer(copy.deepcopy(cpu_module).to(device))
     dev_windows, dev_embed = run(dev_layer, device, torch.float64)
     for r in ENTRIES:
         require(dev_windows.keys[r].device.type == torch.device(device).type, f"window of {r} on the CPU")
-        require(len(dev_windows.keys[r]) == min(ENTRIES[r], WINDOW), f"window of {r} not bounded")
+        require(dev_windows.keys[r].shape[1] == min(ENTRIES[r], WINDOW), f"window of {r} not bounded")
         compare(dev_windows.keys[r], cpu_windows.keys[r], 1e-4, f"float64 window keys of {r}")
     want_tree = TreeDrafter(tree).draft_conditioned(_step(cpu_layer, cpu_windows, cpu_embed), first)
     got_tree = TreeDrafter(tree).draft_conditioned(_step(dev_layer, dev_windows, dev_embed), first.to(device))
@@ -86,7 +88,7 @@ def check_draft_layer(check: Check, sizes: Sizes) -> None:
     require(bool(torch.equal(got_chain.cpu(), want_chain)), "float64 chain drafts differ from the CPU's")
 
     # bfloat16 on the device, teacher-forced along the CPU's chain: outputs per depth near float64's
-    bf_layer = copy.deepcopy(cpu_layer).to(device, torch.bfloat16)
+    bf_layer = ServedLayer(copy.deepcopy(cpu_module).to(device, torch.bfloat16))
     bf_windows, bf_embed = run(bf_layer, device, torch.bfloat16)
     context = torch.cat([first.view(-1, 1), want_chain], dim=1)  # [B, 1 + DEPTH]
     rows = torch.arange(len(ENTRIES))

@@ -130,33 +130,12 @@ class DraftLayer(nn.Module):
         q = self.q(self.attn_norm(z)).unflatten(-1, (self.nh, self.hd))
         return rotate(q, pos, self.spec.rope_theta) * self.hd ** -0.5
 
-    def attention_inputs(self, z: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """query(z, pos), *keys_values(z, pos) with one norm and one rotary table (drafting
-        needs all three for each new entry)."""
-        x = self.attn_norm(z)
-        cos, sin = rotary(pos, self.hd, self.spec.rope_theta)
-        q = apply_rotary(self.q(x).unflatten(-1, (self.nh, self.hd)), cos, sin) * self.hd ** -0.5
-        k = apply_rotary(self.k(x).unflatten(-1, (self.nh, self.hd)), cos, sin)
-        return q, k, self.v(x).unflatten(-1, (self.nh, self.hd))
-
     def finish(self, z: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
         """z [..., H] and its attention output [..., nh, hd] -> g [..., H] (o, residuals, MLP, norm)."""
         x = z + self.o(attended.flatten(-2))
         y = self.mlp_norm(x)
         x = x + self.down(nn.functional.silu(self.gate(y)) * self.up(y))
         return self.out_norm(x)
-
-
-def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Each query row over its own key rows.
-
-    q [M, nh, hd]; keys, values [M, L, nh, hd]; mask [M, L] bool (True: visible;
-    every row must see at least one key) -> [M, nh, hd].
-    """
-    scores = torch.einsum("mhd,mlhd->mhl", q.float(), keys.float())  # [M, nh, L]
-    scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
-    probs = scores.softmax(-1).to(values.dtype)
-    return torch.einsum("mhl,mlhd->mhd", probs, values)
 
 
 def layer_tensors(layer: DraftLayer) -> dict[str, torch.Tensor]:

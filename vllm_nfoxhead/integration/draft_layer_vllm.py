@@ -6,6 +6,8 @@ drafts. Token embeddings come from the target's own embedding layer, and the
 vocabulary projection is the target's LM head restricted to the draft
 vocabulary (a ParallelLMHead of V' rows, as heads_vllm does for heads), or
 the target's full `compute_logits` for a layer without a draft vocabulary.
+Drafting runs the layer's serving form (`ServedLayer`) with vLLM's own GEMM
+for each fused projection (integration/vllm_linear.py).
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from torch import nn
 
 from vllm_nfoxhead.core.draft_layer import DraftLayer, load_layer
 from vllm_nfoxhead.core.format import DRAFT_VOCAB_KEY, HeadsConfig, read_heads_tensors
+from vllm_nfoxhead.core.served_layer import ServedLayer
 from vllm_nfoxhead.integration.heads_vllm import load_projection, vocab_rows
+from vllm_nfoxhead.integration.vllm_linear import vllm_gemm
 
 
 class VllmDraftLayer(nn.Module):
@@ -35,6 +39,7 @@ class VllmDraftLayer(nn.Module):
                                              prefix="nfoxhead.draft_layer_head")
             self.draft_logits = LogitsProcessor(config.draft_vocab_size)
         self.register_buffer("draft_vocab", None, persistent=False)  # [V'] int64 on the device
+        self.served: ServedLayer | None = None  # built by load_weights
         self.to(dtype)
 
     def load_weights(self, heads_dir: str) -> None:
@@ -48,6 +53,7 @@ class VllmDraftLayer(nn.Module):
             with torch.no_grad():
                 rows = vocab_rows(self.target_model[0].lm_head, ids, param.dtype)  # [V', H]
             load_projection(self.draft_head, rows)
+        self.served = ServedLayer(self.layer, vllm_gemm)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Token ids [M] -> the target's input embeddings [M, H]."""
@@ -62,4 +68,4 @@ class VllmDraftLayer(nn.Module):
     @torch.inference_mode()
     def entries(self, hidden: torch.Tensor, next_ids: torch.Tensor) -> torch.Tensor:
         """hidden [n, H] at accepted positions, next_ids [n] their next tokens -> entries z [n, H]."""
-        return self.layer.entry(hidden, self.embed(next_ids).to(hidden.dtype))
+        return self.served.entry(hidden, self.embed(next_ids).to(hidden.dtype))

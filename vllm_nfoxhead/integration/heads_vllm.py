@@ -6,7 +6,8 @@ target model's own `compute_logits`, which also applies its logit scaling.
 
 Heads with a draft vocabulary (format `draft_vocab`, FR-Spec's trick) project
 token-conditioned head states onto those rows only: a `ParallelLMHead` of V'
-rows copied from the (shared or own) LM head, run through vLLM's own GEMM path.
+rows copied from the (shared or own) LM head, run through vLLM's own GEMM path,
+as are the residual blocks and token fusions (integration/vllm_linear.py).
 Drafting is then about V/V' times cheaper; only ids in the draft vocabulary can
 be proposed. Logit scaling and soft-capping are monotonic, so the top-k within
 the subset match the full projection's ordering. A quantized shared LM head
@@ -21,6 +22,7 @@ from torch import nn
 
 from vllm_nfoxhead.core.format import DRAFT_VOCAB_KEY, HeadsConfig, head_key, read_heads_tensors
 from vllm_nfoxhead.core.heads import ResidualStack
+from vllm_nfoxhead.integration.vllm_linear import use_vllm_gemms
 
 
 def load_projection(head: nn.Module, weight: torch.Tensor) -> None:
@@ -135,6 +137,7 @@ class VllmNFoxHeads(nn.Module):
                 load_projection(lm_head, tensors[head_key(k, None, "weight")])
         if self.draft_heads is not None:
             self._load_draft_heads(tensors)
+        use_vllm_gemms(self.residual)  # last: it replaces the blocks' weights by vLLM's layers
 
     def _load_draft_heads(self, tensors: dict[str, torch.Tensor]) -> None:
         """Copy the draft-vocabulary rows of the LM head(s) into the draft heads."""

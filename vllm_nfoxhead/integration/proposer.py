@@ -265,7 +265,7 @@ class NFoxHeadProposer:
         with torch.inference_mode():
             z = self.heads.entries(rows_h.index_select(0, torch.tensor(rows, device=device)),
                                    torch.tensor(ids, device=device))  # [R, H]
-            self.windows.extend(self.heads.layer, [(self._req_ids[i], part, int(num_tokens[i]) - 1 - len(part))
+            self.windows.extend(self.heads.served, [(self._req_ids[i], part, int(num_tokens[i]) - 1 - len(part))
                                                    for i, part in zip(live, z.split(count))])
 
     def _draft_lookup(self, num_tokens: np.ndarray, token_ids: np.ndarray, cap: int) -> dict[int, list[int]]:
@@ -320,7 +320,7 @@ class NFoxHeadProposer:
         """What drafts depth k for requests `rows`: the draft layer over their windows, or
         token-conditioned head k on their hidden states."""
         if self.windows is not None:
-            return LayerStep(self.heads.layer, self.windows, [self._req_ids[i] for i in rows],
+            return LayerStep(self.heads.served, self.windows, [self._req_ids[i] for i in rows],
                              self.heads.project, self.heads.embed)
         h = hidden.index_select(0, index)  # [R, H]
 
