@@ -50,7 +50,6 @@ class ServedLayer:
             return torch.cat([m.weight.detach() for m in mods]).contiguous()
 
         self.spec, self.nh, self.hd = layer.spec, layer.nh, layer.hd
-        self.window = layer.spec.window
         self.attn_norm, self.mlp_norm, self.out_norm = (functools.partial(
             nn.functional.rms_norm, normalized_shape=norm.weight.shape, weight=norm.weight.detach(), eps=norm.eps)
             for norm in (layer.attn_norm, layer.mlp_norm, layer.out_norm))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import socket
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -65,24 +64,19 @@ def gemm_context(kind: str) -> Iterator[GemmFactory]:
     from vllm.config import VllmConfig, set_current_vllm_config
     from vllm.distributed import (destroy_distributed_environment, destroy_model_parallel,
                                   init_distributed_environment, initialize_model_parallel)
+    from vllm.utils.network_utils import get_open_port
 
     from vllm_nfoxhead.integration.vllm_linear import vllm_gemm
 
     with set_current_vllm_config(VllmConfig()):
         init_distributed_environment(world_size=1, rank=0, local_rank=0, backend="gloo",
-                                     distributed_init_method=f"tcp://127.0.0.1:{free_port()}")
+                                     distributed_init_method=f"tcp://127.0.0.1:{get_open_port()}")
         initialize_model_parallel(1, 1)
         try:
             yield vllm_gemm
         finally:
             destroy_model_parallel()
             destroy_distributed_environment()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def step_factory(config: HeadsConfig, tensors: dict[str, torch.Tensor], lm_head: torch.Tensor,
