@@ -239,6 +239,30 @@ def test_cli_conditioning_and_eval_data(tiny_model, data_file, tmp_path):
     assert not config.token_conditioned and config.extra["train_vocab_size"] == VOCAB
 
 
+def test_evaluate_answer_tokens_walks_answers_cut_as_a_benchmark_would(tiny_model, data_file, tmp_path):
+    """`evaluate --answer-tokens N` on whole answers equals the walk over a file whose answers
+    were cut to N tokens (a live benchmark with --max-tokens N), from the same hidden states."""
+    from vllm_nfoxhead.training.evaluate import main as evaluate_main, parse_args, walk
+
+    heads, cache = tmp_path / "heads", tmp_path / "cache"
+    assert train_main(_cli(tiny_model, data_file, heads, cache)) == 0
+    cut = tmp_path / "cut.jsonl"
+    rows = _records()
+    for r in rows:
+        r["response_token_ids"] = r["response_token_ids"][:6]
+    cut.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = ["--model", str(tiny_model), "--heads", str(heads), "--cache-dir", str(cache), "--base-dtype", "float32"]
+    walked = walk(parse_args([*common, "--data", str(data_file), "--answer-tokens", "6"]))[0]
+    expected = walk(parse_args([*common, "--data", str(cut)]))[0]
+    assert walked["answer_tokens"] == 6
+    full = walk(parse_args([*common, "--data", str(data_file)]))[0]
+    assert full["step_accept"] != expected["step_accept"]  # the cut matters on this data
+    for key in ("chain_accept", "step_accept", "top1"):
+        assert walked[key] == expected[key]
+    with pytest.raises(SystemExit):  # refused before any model is loaded
+        evaluate_main([*common, "--data", str(data_file), "--answer-tokens", "0"])
+
+
 def test_cli_several_data_files_cache_each(tiny_model, data_file, tmp_path, monkeypatch, capsys):
     """--data A B trains on both; each file's hidden states are cached on their own, so
     adding a file later computes only the new one's."""

@@ -6,6 +6,9 @@ Prints one JSON line per data file: chain_accept (leading drafts right, per
 position), step_accept (tokens per step of a greedy chain walking each answer
 as vLLM does: what vLLM's mean acceptance length reports with heads alone) and
 top-1 per head or depth. Hidden states come from the training cache.
+`--answer-tokens N` walks only each answer's first N tokens: what a live benchmark
+generating N tokens per prompt measures (answers of small models often repeat
+themselves further on, which drafts predict well, so whole answers read higher).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from vllm_nfoxhead.training.draft_layer_train import Crops, evaluate_layer
 from vllm_nfoxhead.training.train import default_cache_dir
 from vllm_nfoxhead.training.datagen import run_cli
 from vllm_nfoxhead.training.trainer import (
-    Dataset, cache_key, cached_hidden_states, embed_weight, evaluate, lm_head_weight, load_base, read_sequences,
+    Dataset, cache_key, cached_hidden_states, cut_answers, embed_weight, evaluate, lm_head_weight, load_base,
+    read_sequences,
 )
 
 
@@ -35,9 +39,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--heads", required=True, help="heads directory (either architecture)")
     p.add_argument("--data", required=True, nargs="+", help="datagen JSONL file(s), each reported on its own")
     p.add_argument("--max-len", type=int, default=1024, help="tokens per sequence, as in training (default %(default)s)")
+    p.add_argument("--answer-tokens", type=int, default=None, metavar="N",
+                   help="walk only the first N tokens of each answer, as a benchmark with --max-tokens N sees "
+                        "them (default: whole answers)")
     p.add_argument("--base-dtype", choices=DTYPE_CHOICES, default="auto", help="as in training (default %(default)s)")
     p.add_argument("--cache-dir", default=None, help="hidden-state cache (as in vllm_nfoxhead.training.train)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.answer_tokens is not None and args.answer_tokens < 1:
+        p.error(f"--answer-tokens must be at least 1, got {args.answer_tokens}")
+    return args
 
 
 def walk(args: argparse.Namespace) -> list[dict]:
@@ -53,6 +63,8 @@ def walk(args: argparse.Namespace) -> list[dict]:
         seqs = read_sequences(f, args.max_len)
         file = cache / f"{cache_key(f, args.model, args.max_len, dtype)}.safetensors"
         hidden, _ = cached_hidden_states(lambda: model, seqs, file)
+        if args.answer_tokens is not None:
+            seqs, hidden = cut_answers(seqs, hidden, args.answer_tokens)
         if config.is_draft_layer:
             layer = DraftLayer(config.hidden_size, config.layer_spec)
             load_layer(layer, {k: v.float() for k, v in tensors.items()})
@@ -66,7 +78,8 @@ def walk(args: argparse.Namespace) -> list[dict]:
             data = Dataset.build(seqs, hidden, config.num_heads, include_prompt=False)
             m = evaluate(heads, data, torch.arange(len(data.seq)), lm_head, 512, torch.device("cpu"),
                          amp=False, embed=embed if config.token_conditioned else None, lookup=0)
-        reports.append({"data": f, "chain_accept": m["chain_accept"], "step_accept": m["step_accept"],
+        reports.append({"data": f, "answer_tokens": args.answer_tokens, "chain_accept": m["chain_accept"],
+                        "step_accept": m["step_accept"],
                         "top1": m["top1"]})
         print(json.dumps(reports[-1]), flush=True)
     return reports

@@ -152,6 +152,18 @@ def read_sequences(path: str | os.PathLike[str], max_len: int) -> Sequences:
     return Sequences(ids, starts, source=str(path))
 
 
+def cut_answers(seqs: Sequences, hidden: torch.Tensor, n: int) -> tuple[Sequences, torch.Tensor]:
+    """Each answer cut to its first `n` tokens, with hidden [N, H] (flattened per sequence, as
+    cached) cut alike: what a benchmark generating `n` tokens per prompt walks over."""
+    ids, keep, off = [], [], 0
+    for seq, a in zip(seqs.ids, seqs.answer_start):
+        end = min(len(seq), a + n)
+        ids.append(seq[:end])
+        keep.append(torch.arange(off, off + end))
+        off += len(seq)
+    return Sequences(ids, list(seqs.answer_start), source=seqs.source), hidden[torch.cat(keep)]
+
+
 def join_sequences(parts: Sequence[Sequences]) -> Sequences:
     """Several data files' sequences as one set, in file order (sources joined by '+')."""
     return Sequences([x for p in parts for x in p.ids], [x for p in parts for x in p.answer_start],
