@@ -354,3 +354,21 @@ def test_evaluation_walk_with_prompt_lookup():
     # walk from t=4: heads 1 token; t=5: lookup 3 tokens; t=8: no match ("5 9"), heads 1 token;
     # t=9 ("9 9"): no earlier match, 1 token; t=10: 1 token -> 7 tokens in 5 steps
     assert T._walk_with_lookup(data, rows, heads, 8) == 1.4
+
+
+def test_feature_probe_trains_both_variants_from_the_same_start(tiny_model, data_file, tmp_path):
+    """feature_probe: the mix starts as 'final state only' (so the fused variant starts where the
+    served layer does), both variants train and walk, and bad --layers fail in one line."""
+    from vllm_nfoxhead.training.feature_probe import main as probe_main, parse_args, passthrough_mix, probe
+
+    feats = torch.randn(5, 4 * 32)
+    assert torch.equal(passthrough_mix(4, 32)(feats), feats[:, 96:])
+    common = ["--model", str(tiny_model), "--data", str(data_file), "--eval-data", str(data_file),
+              "--train-records", "8", "--steps", "3", "--draft-vocab", "32", "--answer-tokens", "6", "--quiet"]
+    final, fused = probe(parse_args([*common, "--layers", "0", "1", "2"]))
+    assert (final["variant"], fused["variant"], fused["layers"]) == ("final", "fused", [0, 1, 2])
+    for report in (final, fused):
+        assert set(report) >= {"whole", "first6"} and 1 <= report["first6"]["step_accept"] <= 5
+    assert final["whole"] != fused["whole"]  # the mix trained: the fused layer drafts otherwise
+    with pytest.raises(SystemExit, match="not layers of this 2-layer model"):
+        probe_main([*common, "--layers", "0", "1", "7"])
