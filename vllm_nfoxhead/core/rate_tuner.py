@@ -170,13 +170,23 @@ class RateTuner:
         best = max(rates, key=rates.__getitem__)
         if start in rates and rates[best] < rates[start] * (1 + self.margin):
             best = start
-        i = self.shapes.index(best)
-        for j in (i - 1, i + 1):  # probe the neighbours of the best shape
-            if 0 <= j < len(self.shapes) and self.shapes[j] not in rates:
-                return self.shapes[j]
+        for near in self._neighbours(best):  # probe the neighbours of the best shape
+            if near not in rates:
+                return near
         if self.lookup_only is not None and self.lookup_only not in rates:
             return self.lookup_only  # lookup alone is no step from the rest: always probe it
         return self._pick(batch, best, rates)
+
+    def _neighbours(self, shape: DraftShape) -> list[DraftShape]:
+        """The shapes one rung below and above `shape` on the ladder none < chain(1) < ... <
+        tree. 'lookup' is no rung (it is probed on its own): were it one, it would sit between
+        none and chain(1), and a batch settled on chain(1) would never try none. From
+        'lookup' itself the neighbours are none and the shortest chain."""
+        ladder = [s for s in self.shapes if s is not self.lookup_only]
+        if shape is self.lookup_only:
+            return ladder[:2]
+        i = ladder.index(shape)
+        return [ladder[j] for j in (i - 1, i + 1) if 0 <= j < len(ladder)]
 
     def _start(self, batch: int) -> DraftShape:
         """Where a batch size not seen before starts: the prior, but no more drafting than
