@@ -79,8 +79,7 @@ def walk(args: argparse.Namespace) -> list[dict]:
             m = evaluate(heads, data, torch.arange(len(data.seq)), lm_head, 512, torch.device("cpu"),
                          amp=False, embed=embed if config.token_conditioned else None, lookup=0)
         reports.append({"data": f, "answer_tokens": args.answer_tokens, "chain_accept": m["chain_accept"],
-                        "step_accept": m["step_accept"],
-                        "top1": m["top1"]})
+                        "step_accept": m["step_accept"], "top1": m["top1"]})
         print(json.dumps(reports[-1]), flush=True)
     return reports
 

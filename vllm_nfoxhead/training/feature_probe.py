@@ -92,6 +92,17 @@ def passthrough_mix(parts: int, hidden: int) -> nn.Linear:
     return mix
 
 
+class _FinalOnly(nn.Module):
+    """The served layer's input: the last H columns (the final hidden state)."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.hidden = hidden
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return feats[..., -self.hidden:]
+
+
 def probe_loss(layer: DraftLayer, mix: nn.Module, feats: torch.Tensor, tokens: torch.Tensor, lens: torch.Tensor,
                embed: torch.Tensor, lm_rows: torch.Tensor, remap: torch.Tensor, cfg: LayerTrainConfig,
                hidden: int) -> torch.Tensor:
@@ -129,17 +140,6 @@ def train_variant(fused: bool, crops: Crops, spec: DraftLayerSpec, hidden: int, 
         opt.step()
         sched.step()
     return layer, mix
-
-
-class _FinalOnly(nn.Module):
-    """The served layer's input: the last H columns (the final hidden state)."""
-
-    def __init__(self, hidden: int) -> None:
-        super().__init__()
-        self.hidden = hidden
-
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        return feats[..., -self.hidden:]
 
 
 @torch.no_grad()
