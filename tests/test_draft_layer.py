@@ -199,6 +199,19 @@ def test_vllm_medusa_export_refuses_a_draft_layer(tmp_path) -> None:
                           torch.zeros(V, H))
 
 
+def test_crops_first_n_equal_crops_of_answers_cut_to_n() -> None:
+    """Crops.first(n) (train_layer's --eval-answer-tokens) equals building crops from answers
+    cut to n tokens (evaluate --answer-tokens): both walk what a live benchmark of n tokens sees."""
+    from vllm_nfoxhead.training.draft_layer_train import Crops
+    from vllm_nfoxhead.training.trainer import Sequences, cut_answers
+
+    seqs = Sequences([[1, 2, 3, 4, 5, 6, 7], [8, 9, 10], [11, 12, 13, 14, 15, 16]], [3, 2, 1])
+    hidden = torch.arange(16 * 2, dtype=torch.float32).view(16, 2)
+    for n in (1, 2, 4, 10):
+        a, b = Crops.build(seqs, hidden).first(n), Crops.build(*cut_answers(seqs, hidden, n))
+        assert a.starts == b.starts and torch.equal(a.tokens, b.tokens) and torch.equal(a.feats, b.feats)
+
+
 def test_offline_walk_counts_what_serving_drafts_accept() -> None:
     """evaluate_layer's per-position runs equal greedy chains drafted position by position
     at serving time and checked against the true continuation."""

@@ -27,13 +27,15 @@ def test_writes_a_draft_layer_that_learned(tiny_model, data_file, tmp_path):
     must beat what the untrained (passthrough) layer drafts."""
     out, cache = tmp_path / "layer", tmp_path / "cache"
     assert TL.main(_cli(tiny_model, data_file, out, cache, "--eval-data", str(data_file),
-                        "--draft-vocab", "60")) == 0
+                        "--draft-vocab", "60", "--eval-answer-tokens", "6")) == 0
     config = validate_heads_dir(out)
     assert config.is_draft_layer and config.draft_vocab_size == 60 and config.layer_spec.window == 8
     assert config.extra["training"]["draft_vocab"] == 60 and config.extra["training"]["window"] == 8
     assert len(_tensors(out)[DRAFT_VOCAB_KEY]) == 60
     walk = config.extra["offline_walk"]
-    assert set(walk) == {"held_out", str(data_file)} and len(config.extra["rank_accuracy"]) == 3
+    cut = f"{data_file}@first6"
+    assert set(walk) == {"held_out", str(data_file), cut} and len(config.extra["rank_accuracy"]) == 3
+    assert walk[cut]["positions"] < walk[str(data_file)]["positions"]
     untrained = tmp_path / "untrained"
     assert TL.main(_cli(tiny_model, data_file, untrained, cache, "--eval-data", str(data_file),
                         "--lr", "0")) == 0

@@ -55,6 +55,16 @@ class Crops:
     def __len__(self) -> int:
         return len(self.starts) - 1
 
+    def first(self, n: int) -> "Crops":
+        """Each answer cut to its first `n` tokens (a crop holds the position before the
+        answer, then the answer): what a live benchmark generating `n` tokens walks over."""
+        keep = [torch.arange(lo, min(hi, lo + n + 1)) for lo, hi in zip(self.starts, self.starts[1:])]
+        starts = [0]
+        for k in keep:
+            starts.append(starts[-1] + len(k))
+        index = torch.cat(keep)
+        return Crops(self.feats[index], self.tokens[index], starts)
+
     def length(self, s: int) -> int:
         return self.starts[s + 1] - self.starts[s]
 

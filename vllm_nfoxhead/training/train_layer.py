@@ -53,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", required=True, help="base model directory (transformers checkpoint)")
     p.add_argument("--data", required=True, nargs="+", help="datagen JSONL file(s) to train on")
     p.add_argument("--eval-data", nargs="*", default=[], help="datagen JSONL file(s) to report the offline walk on")
+    p.add_argument("--eval-answer-tokens", type=int, default=128, metavar="N",
+                   help="also walk each --eval-data answer's first N tokens, what a live benchmark generating N "
+                        "tokens measures (reported as 'FILE@firstN'; default %(default)s)")
     p.add_argument("--output", required=True, help="heads directory to write")
     p.add_argument("--force", action="store_true", help="replace --output if it exists")
     p.add_argument("--depth", type=int, default=d.depth, help="drafted tokens trained (unrolled depths; default %(default)s)")
@@ -87,7 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--draft-vocab must be at least 1")
     if args.init_from and (args.draft_vocab is not None or args.intermediate_size is not None):
         p.error("--init-from keeps that layer's shape and draft vocabulary: drop --draft-vocab and --intermediate-size")
-    for flag in ("depth", "window", "batch_tokens"):
+    for flag in ("depth", "window", "batch_tokens", "eval_answer_tokens"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1")
     if args.epochs <= 0 or args.time_limit <= 0:
@@ -168,6 +171,10 @@ def train(args: argparse.Namespace) -> Path:
                                              torch.device("cpu"))
     for f, c in evals.items():
         reports[f] = evaluate_layer(layer, c, list(range(len(c))), embed, lm_rows, vocab, cfg.depth, torch.device("cpu"))
+    for f, c in evals.items():
+        cut = c.first(args.eval_answer_tokens)
+        reports[f"{f}@first{args.eval_answer_tokens}"] = evaluate_layer(
+            layer, cut, list(range(len(cut))), embed, lm_rows, vocab, cfg.depth, torch.device("cpu"))
     for name, r in reports.items():
         say(f"offline walk on {name}: chain {r['chain_accept']}, steps {r['step_accept']}, top-1 {r['top1']}")
     hc = HeadsConfig(num_heads=cfg.depth, num_layers=1, hidden_size=hidden_size, vocab_size=vocab_size,
