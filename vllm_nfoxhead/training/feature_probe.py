@@ -10,7 +10,7 @@ for the same number of steps, and walks a held-out file with each:
 
 - `final`: the layer as served today, fed the last (post-norm) hidden state;
 - `fused`: the same layer fed Linear([norm(h_a), norm(h_b), norm(h_c), final]),
-  the projection starting as "final only", so it can only learn to add.
+  the projection starting as "final only", so both variants start from the same drafts.
 
 Prints one JSON line per variant (chain / stepped walk and top-1 per depth, on
 whole answers and on their first --answer-tokens tokens). A decision aid for
