@@ -77,7 +77,7 @@ def test_user_turn_prefix():
         S.user_turn_prefix(_Template("<s>system only</s>"))
 
 
-@pytest.mark.parametrize("name", ["self-train.jsonl", "self-train-2.jsonl", "self-train-3.jsonl"])
+@pytest.mark.parametrize("name", ["self-train.jsonl", "self-train-2.jsonl", "self-train-3.jsonl", "self-train-4.jsonl"])
 def test_committed_set_is_clean(name: str):
     """data/prompts/self-train*.jsonl: unique, kept by the rules, no benchmark text."""
     rows = [row for _, row in S.jsonl_objects(S.BENCH_SETS / name)]
@@ -91,6 +91,7 @@ def test_committed_set_is_clean(name: str):
 
 def test_later_sets_repeat_no_prompt_of_the_earlier_ones():
     """self-train-2.jsonl was written with --exclude self-train.jsonl, self-train-3.jsonl with
-    --exclude of both."""
-    first, second, third = (S.prompt_texts([S.BENCH_SETS / f"self-train{n}.jsonl"]) for n in ("", "-2", "-3"))
-    assert not first & second and not (first | second) & third
+    --exclude of both, self-train-4.jsonl with --exclude of all three."""
+    first, second, third, fourth = (S.prompt_texts([S.BENCH_SETS / f"self-train{n}.jsonl"])
+                                    for n in ("", "-2", "-3", "-4"))
+    assert not first & second and not (first | second) & third and not (first | second | third) & fourth
