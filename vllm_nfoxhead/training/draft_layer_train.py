@@ -143,8 +143,11 @@ class LayerTrainConfig:
 
 def layer_loss(layer: DraftLayer, feats: torch.Tensor, tokens: torch.Tensor, lens: torch.Tensor,
                embed: torch.Tensor, lm_rows: torch.Tensor, remap: torch.Tensor,
-               cfg: LayerTrainConfig) -> tuple[torch.Tensor, list[float]]:
-    """Summed loss and per-depth top-1 accuracy (over the draft vocabulary)."""
+               cfg: LayerTrainConfig, reg_feats: torch.Tensor | None = None) -> tuple[torch.Tensor, list[float]]:
+    """Summed loss and per-depth top-1 accuracy (over the draft vocabulary). The feature
+    regression aims depth d at reg_feats d positions ahead: `feats` itself unless given (a
+    layer fed something else than the final hidden states, as in feature_probe)."""
+    reg_feats = feats if reg_feats is None else reg_feats  # [B, n, H]
     total, accs = feats.new_zeros(()), []
     for d, g in enumerate(unrolled(layer, feats, tokens, embed, cfg.depth), start=1):
         tgt, valid = depth_targets(tokens, lens, d)
@@ -155,7 +158,8 @@ def layer_loss(layer: DraftLayer, feats: torch.Tensor, tokens: torch.Tensor, len
         logits = rows @ lm_rows.T  # [P, V']
         t = remap[tgt[valid]]
         ce = nn.functional.cross_entropy(logits.float(), t, ignore_index=IGNORE)
-        feat_t = torch.cat([feats[:, d:], feats.new_zeros(feats.shape[0], d, feats.shape[2])], dim=1)[:, : g.shape[1]]
+        feat_t = torch.cat([reg_feats[:, d:], reg_feats.new_zeros(reg_feats.shape[0], d, reg_feats.shape[2])],
+                           dim=1)[:, : g.shape[1]]
         reg = nn.functional.smooth_l1_loss(rows.float(), feat_t[valid])
         total = total + cfg.decay ** (d - 1) * (ce + cfg.reg * reg)
         accs.append(float((logits.argmax(-1) == t).float().mean()))

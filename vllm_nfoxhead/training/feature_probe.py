@@ -32,7 +32,7 @@ from vllm_nfoxhead.core.draft_layer import DraftLayer, DraftLayerSpec
 from vllm_nfoxhead.core.errors import NFoxHeadError
 from vllm_nfoxhead.training.datagen import run_cli
 from vllm_nfoxhead.training.draft_layer_train import (
-    IGNORE, Crops, LayerTrainConfig, batch_stream, cosine, depth_targets, evaluate_layer, unrolled,
+    Crops, LayerTrainConfig, batch_stream, cosine, evaluate_layer, layer_loss,
 )
 from vllm_nfoxhead.training.train_layer import seen_vocab
 from vllm_nfoxhead.training.trainer import (
@@ -103,22 +103,6 @@ class _FinalOnly(nn.Module):
         return feats[..., -self.hidden:]
 
 
-def probe_loss(layer: DraftLayer, mix: nn.Module, feats: torch.Tensor, tokens: torch.Tensor, lens: torch.Tensor,
-               embed: torch.Tensor, lm_rows: torch.Tensor, remap: torch.Tensor, cfg: LayerTrainConfig,
-               hidden: int) -> torch.Tensor:
-    """The training loss of draft_layer_train.layer_loss, with the layer fed mix(feats) and the
-    feature regression still aimed at the final hidden states (the last H columns of feats)."""
-    final = feats[..., -hidden:]
-    total = final.new_zeros(())
-    for d, g in enumerate(unrolled(layer, mix(feats), tokens, embed, cfg.depth), start=1):
-        tgt, valid = depth_targets(tokens, lens, d)
-        rows = g[valid]
-        ce = nn.functional.cross_entropy((rows @ lm_rows.T).float(), remap[tgt[valid]], ignore_index=IGNORE)
-        ahead = torch.cat([final[:, d:], final.new_zeros(final.shape[0], d, hidden)], 1)[:, : g.shape[1]]
-        total = total + cfg.decay ** (d - 1) * (ce + cfg.reg * nn.functional.smooth_l1_loss(rows.float(), ahead[valid]))
-    return total
-
-
 def train_variant(fused: bool, crops: Crops, spec: DraftLayerSpec, hidden: int, parts: int, embed: torch.Tensor,
                   lm_rows: torch.Tensor, remap: torch.Tensor, args: argparse.Namespace) -> tuple[DraftLayer, nn.Module]:
     """A passthrough-initialised layer (and mix) trained for --steps steps, seed 0."""
@@ -133,7 +117,9 @@ def train_variant(fused: bool, crops: Crops, spec: DraftLayerSpec, hidden: int, 
     for _ in tqdm(range(args.steps), desc="fused" if fused else "final", unit="step", disable=args.quiet):
         feats, toks, lens = crops.batch(next(stream), torch.device("cpu"))
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            total = probe_loss(layer, mix, feats, toks, lens, embed, lm_rows, remap, cfg, hidden)
+            # the regression still aims at the final hidden states (the last H columns)
+            total, _ = layer_loss(layer, mix(feats), toks, lens, embed, lm_rows, remap, cfg,
+                                  reg_feats=feats[..., -hidden:])
         opt.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

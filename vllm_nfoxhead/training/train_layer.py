@@ -169,12 +169,10 @@ def train(args: argparse.Namespace) -> Path:
     if held_out:
         reports["held_out"] = evaluate_layer(layer, crops, held_out, embed, lm_rows, vocab, cfg.depth,
                                              torch.device("cpu"))
-    for f, c in evals.items():
-        reports[f] = evaluate_layer(layer, c, list(range(len(c))), embed, lm_rows, vocab, cfg.depth, torch.device("cpu"))
-    for f, c in evals.items():
-        cut = c.first(args.eval_answer_tokens)
-        reports[f"{f}@first{args.eval_answer_tokens}"] = evaluate_layer(
-            layer, cut, list(range(len(cut))), embed, lm_rows, vocab, cfg.depth, torch.device("cpu"))
+    for f, whole in evals.items():
+        for name, c in ((f, whole), (f"{f}@first{args.eval_answer_tokens}", whole.first(args.eval_answer_tokens))):
+            reports[name] = evaluate_layer(layer, c, list(range(len(c))), embed, lm_rows, vocab, cfg.depth,
+                                           torch.device("cpu"))
     for name, r in reports.items():
         say(f"offline walk on {name}: chain {r['chain_accept']}, steps {r['step_accept']}, top-1 {r['top1']}")
     hc = HeadsConfig(num_heads=cfg.depth, num_layers=1, hidden_size=hidden_size, vocab_size=vocab_size,
