@@ -45,6 +45,15 @@ def draft_layer(tiny_assets, tmp_path_factory) -> Path:
     return write_fitted_layer(tiny_assets[0], tmp_path_factory.mktemp("layer") / "layer")
 
 
+@pytest.fixture(scope="session")
+def fused_layer(tiny_assets, tmp_path_factory) -> Path:
+    """A draft layer fed the tiny model's embeddings and first layer's output besides its final
+    state (feature layers 0 and 1, EAGLE-3's aux hidden states), window 16."""
+    from vllm_nfoxhead.models.tiny_model import write_fitted_layer
+
+    return write_fitted_layer(tiny_assets[0], tmp_path_factory.mktemp("fused") / "layer", feature_layers=(0, 1))
+
+
 @pytest.fixture()
 def mismatched_heads(tmp_path) -> list[tuple[str, Path]]:
     """(start of the refusal message, heads dir) for heads whose hidden size, or whose

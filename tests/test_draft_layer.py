@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vllm_nfoxhead.core.draft_layer import DraftLayer, DraftLayerSpec, layer_shapes, layer_tensors
+import dataclasses
+
+from vllm_nfoxhead.core.draft_layer import DraftLayer, DraftLayerSpec, layer_shapes, layer_tensors, load_layer
 from vllm_nfoxhead.core.drafting import ChainDrafter
 from vllm_nfoxhead.core.layer_drafting import LayerStep, Windows
 from vllm_nfoxhead.core.served_layer import ServedLayer
@@ -15,9 +17,10 @@ from vllm_nfoxhead.training.draft_layer_train import unrolled
 H, V = 16, 40
 
 
-def small_layer(window: int) -> DraftLayer:
+def small_layer(window: int, feature_layers: tuple[int, ...] = ()) -> DraftLayer:
     torch.manual_seed(0)
-    layer = DraftLayer(H, DraftLayerSpec(num_attention_heads=2, intermediate_size=24, window=window))
+    layer = DraftLayer(H, DraftLayerSpec(num_attention_heads=2, intermediate_size=24, window=window,
+                                         feature_layers=feature_layers))
     for p in layer.parameters():  # norms away from 1 so that they matter
         p.data.normal_(0, 0.3)
     return layer.double()
@@ -25,10 +28,11 @@ def small_layer(window: int) -> DraftLayer:
 
 @pytest.mark.parametrize("window", [3, 64])
 @pytest.mark.parametrize("chunk", [1, 3])
-def test_serving_draft_equals_unrolled_training_pass(window: int, chunk: int) -> None:
-    layer, depth, n = small_layer(window), 4, 12
+@pytest.mark.parametrize("feature_layers", [(), (1, 4)])
+def test_serving_draft_equals_unrolled_training_pass(window: int, chunk: int, feature_layers: tuple[int, ...]) -> None:
+    layer, depth, n = small_layer(window, feature_layers), 4, 12
     embed = torch.randn(V, H, dtype=torch.float64)
-    feats = torch.randn(1, n, H, dtype=torch.float64)
+    feats = torch.randn(1, n, (len(feature_layers) + 1) * H, dtype=torch.float64)
     tokens = torch.randint(0, V, (1, n))
     with torch.no_grad():
         want = unrolled(layer, feats, tokens, embed, depth)  # depth d: [1, n-1, H]
@@ -37,7 +41,8 @@ def test_serving_draft_equals_unrolled_training_pass(window: int, chunk: int) ->
         for i in range(n - depth):
             while done <= i:  # entries arrive in chunks, as accepted runs do
                 hi = min(done + chunk, i + 1)
-                windows.append("r", served, served.entry(feats[0, done:hi], embed[tokens[0, done + 1: hi + 1]]))
+                windows.append("r", served, served.entry(served.features(feats[0, done:hi]),
+                                                         embed[tokens[0, done + 1: hi + 1]]))
                 done = hi
             if done != i + 1:
                 continue
@@ -103,6 +108,9 @@ def test_served_layer_uses_the_gemms_it_is_given() -> None:
 
     ServedLayer(small_layer(4), counting)
     assert sorted(made) == sorted([(H, 2 * H), (3 * H, H), (H, H), (48, H), (H, 24)])
+    made.clear()
+    ServedLayer(small_layer(4, (1, 2)), counting)
+    assert sorted(made) == sorted([(H, 3 * H), (H, 2 * H), (3 * H, H), (H, H), (48, H), (H, 24)])
 
 
 def test_training_draft_vocabulary_keeps_the_most_frequent_targets() -> None:
@@ -117,10 +125,32 @@ def test_training_draft_vocabulary_keeps_the_most_frequent_targets() -> None:
     assert vocab.tolist() == [3, 5, 7] and remap[9] < 0 and remap[7] == 2
 
 
-def test_on_disk_names_and_shapes_agree() -> None:
-    layer = small_layer(4)
+@pytest.mark.parametrize("feature_layers", [(), (0, 3, 7)])
+def test_on_disk_names_and_shapes_agree(feature_layers: tuple[int, ...]) -> None:
+    layer = small_layer(4, feature_layers)
     shapes = layer_shapes(H, layer.spec)
     assert {k: tuple(v.shape) for k, v in layer_tensors(layer).items()} == shapes
+    assert ("draft_layer.mix.weight" in shapes) == bool(feature_layers)
+
+
+def test_fused_layer_starts_as_the_final_state_alone() -> None:
+    """A new mix passes the final state through, so a layer with feature layers drafts at
+    first what the same weights draft from the final state (the --init-from upgrade path);
+    the feature layers' states are RMS-normed before mixing."""
+    plain, fused = small_layer(64), DraftLayer(H, dataclasses.replace(small_layer(64).spec, feature_layers=(2, 5)))
+    fused = fused.double()
+    load_layer(fused, layer_tensors(plain), keep_mix=True)
+    embed, tokens = torch.randn(V, H, dtype=torch.float64), torch.randint(0, V, (1, 8))
+    parts = torch.randn(1, 8, 3 * H, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(unrolled(fused, parts, tokens, embed, 3), unrolled(plain, parts[..., -H:], tokens,
+                                                                                      embed, 3))
+        fused.mix.weight.normal_()
+        served = ServedLayer(fused)
+        torch.testing.assert_close(served.features(parts[0]), fused.features(parts[0]))
+        scaled = parts.clone()
+        scaled[..., :2 * H] *= 100.0  # the residual stream's scale does not reach the mix
+        torch.testing.assert_close(fused.features(scaled), fused.features(parts), rtol=1e-3, atol=1e-3)  # eps aside
 
 
 def _two_requests(layer: ServedLayer, embed: torch.Tensor) -> Windows:
@@ -161,11 +191,13 @@ def _layer_config(**over) -> dict:
             "draft_layer": spec.to_dict(), **over}
 
 
-def test_draft_layer_directory_round_trip(tmp_path) -> None:
+@pytest.mark.parametrize("feature_layers", [(), (3, 6)])
+def test_draft_layer_directory_round_trip(tmp_path, feature_layers: tuple[int, ...]) -> None:
     from vllm_nfoxhead.core.format import HeadsConfig, read_heads_tensors, save_heads, validate_heads_dir
 
-    layer = DraftLayer(H, DraftLayerSpec(num_attention_heads=2, intermediate_size=24, window=4))
-    config = HeadsConfig.from_dict(_layer_config(), "test")
+    spec = DraftLayerSpec(num_attention_heads=2, intermediate_size=24, window=4, feature_layers=feature_layers)
+    layer = DraftLayer(H, spec)
+    config = HeadsConfig.from_dict(_layer_config(draft_layer=spec.to_dict()), "test")
     save_heads(tmp_path / "d", config, layer_tensors(layer))
     loaded = validate_heads_dir(tmp_path / "d")
     assert loaded.is_draft_layer and loaded.layer_spec == layer.spec and loaded.format_version == 2
@@ -178,6 +210,8 @@ def test_draft_layer_directory_round_trip(tmp_path) -> None:
     ({"draft_layer": None}, "needs a `draft_layer` object"),
     ({"draft_layer": {"window": 4, "heads": 2}}, "needs a `draft_layer` object"),
     ({"shared_lm_head": False}, "shared_lm_head true"),
+    ({"draft_layer": {**DraftLayerSpec(feature_layers=(1, 2)).to_dict(), "feature_layers": [9, 2]}},
+     "feature_layers must be ascending layer numbers"),
 ])
 def test_bad_draft_layer_configs_get_one_line(over: dict, says: str) -> None:
     from vllm_nfoxhead.core.errors import NFoxHeadError

@@ -96,3 +96,32 @@ def test_init_from_starts_from_a_trained_layer(tiny_model, data_file, tmp_path, 
     with pytest.raises(SystemExit, match="holds heads, not a draft layer") as exc:
         TL.main(_cli(tiny_model, data_file, tmp_path / "y", cache, "--init-from", str(tmp_path / "heads")))
     assert "\n" not in str(exc.value)
+
+
+def test_feature_layers_upgrade_a_final_state_layer(tiny_model, data_file, tmp_path, capsys):
+    """--feature-layers on --init-from a layer fed the final state alone: the new mix starts
+    as "final only" (with --lr 0 every other tensor is the input's, the mix an identity
+    on the last block), the hidden states of those layers are cached apart, and the output
+    keeps its feature layers when continued. Layers the model lacks, or other than
+    --init-from's, are refused in one line."""
+    cache, first = tmp_path / "cache", tmp_path / "first"
+    assert TL.main(_cli(tiny_model, data_file, first, cache, "--draft-vocab", "50")) == 0
+    fused = tmp_path / "fused"
+    assert TL.main(_cli(tiny_model, data_file, fused, cache, "--lr", "0", "--init-from", str(first),
+                        "--feature-layers", "0", "1")) == 0
+    assert validate_heads_dir(fused).layer_spec.feature_layers == (0, 1)
+    want, got = _tensors(first), _tensors(fused)
+    assert got.keys() == want.keys() | {"draft_layer.mix.weight"}
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], msg=name)
+    mix = got["draft_layer.mix.weight"].float()  # [H, 3H]
+    torch.testing.assert_close(mix, torch.cat([torch.zeros(32, 64), torch.eye(32)], dim=1))
+    assert len(list(cache.glob("*.safetensors"))) == 2  # final states, and layers 0, 1 + final
+    again = tmp_path / "again"
+    assert TL.main(_cli(tiny_model, data_file, again, cache, "--init-from", str(fused), "--epochs", "1")) == 0
+    assert validate_heads_dir(again).layer_spec.feature_layers == (0, 1)
+    for bad, says in ((["--feature-layers", "1", "3"], "are not ascending layers of this 2-layer model"),
+                      (["--init-from", str(fused), "--feature-layers", "1"], r"differ from --init-from's \[0, 1\]")):
+        with pytest.raises(SystemExit, match=says) as exc:
+            TL.main(_cli(tiny_model, data_file, tmp_path / "bad", cache, *bad))
+        assert "\n" not in str(exc.value)

@@ -11,6 +11,13 @@ To draft token t+3 the layer feeds its own output back: z' = Fuse([g_t ;
 e(x_{t+2})]) attends to the window plus z_t's drafted successors, and so on.
 Each drafted entry is replaced by the true one once the base verifies it.
 
+With `feature_layers` (EAGLE-3's "aux hidden states") f_j is not the final
+state alone but a learned mix of it and the residual stream after a few of the
+base's layers: f_j = Mix([norm(h^a_j) ; norm(h^b_j) ; ... ; final_j]), h^i the
+state after i decoder layers (transformers' hidden_states[i], vLLM's aux layer
+i). The mix starts as "final only", so such a layer can start from one trained
+on the final state. Drafted g still stand in for the final state.
+
 The window holds only positions the proposer saw: the prompt's last position
 and every accepted position after it (vLLM hands the proposer those hidden
 states, not the whole prompt's). Training masks keys the same way, so the
@@ -40,9 +47,25 @@ class DraftLayerSpec:
     window: int = 64  # true entries a request keeps (keys/values of the last W positions)
     rope_theta: float = 10000.0
     rms_eps: float = 1e-5
+    # Base layers whose outputs are mixed into the feature (empty: the final state alone).
+    feature_layers: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        layers = tuple(self.feature_layers)
+        # ascending: the order in which vLLM hands over aux hidden states
+        if any(not isinstance(i, int) or i < 0 for i in layers) or list(layers) != sorted(set(layers)):
+            raise ValueError(f"feature_layers must be ascending layer numbers >= 0, got {list(layers)}")
+        object.__setattr__(self, "feature_layers", layers)  # a JSON list becomes a tuple
+
+    @property
+    def feature_parts(self) -> int:
+        """Hidden-size blocks of the layer's input row: one per feature layer, then the final state."""
+        return len(self.feature_layers) + 1
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["feature_layers"] = list(self.feature_layers)
+        return d
 
 
 class RMSNorm(nn.Module):
@@ -100,6 +123,12 @@ class DraftLayer(nn.Module):
         self.up = nn.Linear(h, spec.intermediate_size, bias=False)
         self.down = nn.Linear(spec.intermediate_size, h, bias=False)
         self.out_norm = RMSNorm(h, spec.rms_eps)
+        self.mix: nn.Linear | None = None
+        if spec.feature_layers:
+            self.mix = nn.Linear(spec.feature_parts * h, h, bias=False)
+            with torch.no_grad():  # starts as "final only" (see features)
+                self.mix.weight.zero_()
+                self.mix.weight[:, -h:].copy_(torch.eye(h))
         for lin in (self.fuse, self.q, self.k, self.v, self.o, self.gate, self.up, self.down):
             nn.init.normal_(lin.weight, std=0.02)
 
@@ -114,6 +143,14 @@ class DraftLayer(nn.Module):
         self.fuse.weight[:, :h].copy_(torch.eye(h))
         nn.init.zeros_(self.o.weight)
         nn.init.zeros_(self.down.weight)
+
+    def features(self, parts: torch.Tensor) -> torch.Tensor:
+        """The layer's input f from the base's states: parts [..., P * H] (the raw states after
+        each of `feature_layers`, then the final post-norm state; P = spec.feature_parts) ->
+        f [..., H]. Without feature layers parts is the final state and is returned as is."""
+        if self.mix is None:
+            return parts
+        return self.mix(normed_parts(parts, self.fuse.weight.shape[0], self.spec.rms_eps))
 
     def entry(self, feature: torch.Tensor, next_embed: torch.Tensor) -> torch.Tensor:
         """feature [..., H] (f_j or a drafted g), next_embed [..., H] (e(x_{j+1})) -> z [..., H]."""
@@ -138,6 +175,15 @@ class DraftLayer(nn.Module):
         return self.out_norm(x)
 
 
+def normed_parts(parts: torch.Tensor, hidden: int, eps: float) -> torch.Tensor:
+    """parts [..., P * H] -> the same with every part but the last (the final state, already
+    normed by the base) RMS-normed without a weight: the residual stream's scale grows
+    with depth, the mix should not have to learn it."""
+    aux = parts[..., :-hidden].unflatten(-1, (-1, hidden))  # [..., P - 1, H]
+    normed = nn.functional.rms_norm(aux.float(), (hidden,), eps=eps).to(parts.dtype)
+    return torch.cat([normed.flatten(-2), parts[..., -hidden:]], dim=-1)
+
+
 def layer_tensors(layer: DraftLayer) -> dict[str, torch.Tensor]:
     """The layer's parameters under their on-disk names (`draft_layer.<module>.weight`)."""
     return {DRAFT_LAYER_PREFIX + name: p for name, p in layer.named_parameters()}
@@ -149,10 +195,15 @@ def layer_shapes(hidden_size: int, spec: DraftLayerSpec) -> dict[str, tuple[int,
     shapes = {"fuse.weight": (h, 2 * h), "q.weight": (h, h), "k.weight": (h, h), "v.weight": (h, h),
               "o.weight": (h, h), "gate.weight": (i, h), "up.weight": (i, h), "down.weight": (h, i),
               "attn_norm.weight": (h,), "mlp_norm.weight": (h,), "out_norm.weight": (h,)}
+    if spec.feature_layers:
+        shapes["mix.weight"] = (h, spec.feature_parts * h)
     return {DRAFT_LAYER_PREFIX + k: v for k, v in shapes.items()}
 
 
-def load_layer(layer: DraftLayer, tensors: dict[str, torch.Tensor]) -> None:
-    """Copy on-disk tensors (layer_tensors names) into `layer`."""
+def load_layer(layer: DraftLayer, tensors: dict[str, torch.Tensor], keep_mix: bool = False) -> None:
+    """Copy on-disk tensors (layer_tensors names) into `layer`. keep_mix: `tensors` come from a
+    layer without feature layers, and `layer`'s mix keeps its "final only" start."""
     for name, p in layer.named_parameters():
+        if keep_mix and name == "mix.weight":
+            continue
         p.data.copy_(tensors[DRAFT_LAYER_PREFIX + name])

@@ -178,6 +178,9 @@ def _check_architecture(data: dict[str, Any], where: str) -> None:
         raise NFoxHeadError(f"{where}: architecture draft_layer needs a `draft_layer` object with the fields "
                             f"of DraftLayerSpec, got {spec!r}",
                             "re-create the directory with `python -m vllm_nfoxhead.training.train_layer`") from None
+    except ValueError as e:
+        raise NFoxHeadError(f"{where}: draft_layer: {e}",
+                            "re-create the directory with `python -m vllm_nfoxhead.training.train_layer`") from None
     if not data.get("shared_lm_head", True):
         raise NFoxHeadError(f"{where}: a draft layer projects through the base LM head (shared_lm_head true)",
                             "set shared_lm_head to true")

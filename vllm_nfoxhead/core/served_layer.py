@@ -31,7 +31,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from vllm_nfoxhead.core.draft_layer import DraftLayer, apply_rotary, rotary
+from vllm_nfoxhead.core.draft_layer import DraftLayer, apply_rotary, normed_parts, rotary
 
 Gemm = Callable[[torch.Tensor], torch.Tensor]  # x [..., in] -> x @ W.T [..., out]
 GemmFactory = Callable[[torch.Tensor], Gemm]  # W [out, in] -> its GEMM
@@ -53,11 +53,20 @@ class ServedLayer:
         self.attn_norm, self.mlp_norm, self.out_norm = (functools.partial(
             nn.functional.rms_norm, normalized_shape=norm.weight.shape, weight=norm.weight.detach(), eps=norm.eps)
             for norm in (layer.attn_norm, layer.mlp_norm, layer.out_norm))
+        self.hidden, self.rms_eps = layer.fuse.weight.shape[0], layer.spec.rms_eps
+        self.mix = gemm(layer.mix.weight.detach().contiguous()) if layer.mix is not None else None  # [H, P * H]
         self.fuse = gemm(layer.fuse.weight.detach().contiguous())  # [H, 2H]
         self.qkv = gemm(fused(layer.q, layer.k, layer.v))  # [3H, H]
         self.o = gemm(layer.o.weight.detach().contiguous())  # [H, H]
         self.gate_up = gemm(fused(layer.gate, layer.up))  # [2I, H]
         self.down = gemm(layer.down.weight.detach().contiguous())  # [H, I]
+
+    def features(self, parts: torch.Tensor) -> torch.Tensor:
+        """parts [T, P * H] (the base's states after the feature layers, then its final
+        state) -> the layer's input f [T, H], as `DraftLayer.features`."""
+        if self.mix is None:
+            return parts
+        return self.mix(normed_parts(parts, self.hidden, self.rms_eps))
 
     def entry(self, feature: torch.Tensor, next_embed: torch.Tensor) -> torch.Tensor:
         """feature [T, H] (f_j or a drafted g), next_embed [T, H] (e(x_{j+1})) -> z [T, H]."""

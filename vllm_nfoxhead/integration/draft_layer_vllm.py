@@ -66,6 +66,9 @@ class VllmDraftLayer(nn.Module):
         return self.draft_logits(self.draft_head, g)
 
     @torch.inference_mode()
-    def entries(self, hidden: torch.Tensor, next_ids: torch.Tensor) -> torch.Tensor:
-        """hidden [n, H] at accepted positions, next_ids [n] their next tokens -> entries z [n, H]."""
-        return self.served.entry(hidden, self.embed(next_ids).to(hidden.dtype))
+    def entries(self, hidden: torch.Tensor, next_ids: torch.Tensor, aux: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden [n, H] at accepted positions (the final states), next_ids [n] their next
+        tokens, aux [n, (P - 1) * H] the states after the layer's feature layers (None
+        without them) -> entries z [n, H]."""
+        parts = hidden if aux is None else torch.cat([aux.to(hidden.dtype), hidden], dim=-1)
+        return self.served.entry(self.served.features(parts), self.embed(next_ids).to(hidden.dtype))

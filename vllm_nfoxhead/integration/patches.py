@@ -130,7 +130,7 @@ def patch_model_runner(proposer_cls: type) -> None:
             drafter = getattr(self, "drafter", None)
             if isinstance(drafter, proposer_cls) and isinstance(sampled_token_ids, list):
                 drafter.set_step_inputs(self, scheduler_output, sample_hidden_states,
-                                        sampled_token_ids, spec_decode_metadata)
+                                        sampled_token_ids, spec_decode_metadata, aux_hidden_states)
             return orig(self, scheduler_output, sampled_token_ids, sampling_metadata,
                         hidden_states, sample_hidden_states, aux_hidden_states,
                         spec_decode_metadata, *args, **kwargs)
@@ -140,18 +140,48 @@ def patch_model_runner(proposer_cls: type) -> None:
     # Wraps GPUModelRunner._prepare_inputs: after vLLM assigned consecutive
     # positions and KV slots, tree requests get RoPE positions ctx + depth, and
     # the step's tree layout is published to the attention override and sampler.
+    # A draft layer fed several base layers keeps the logit rows' token indices
+    # (the first of the returned tuple), to pick its aux hidden states' rows.
     def make_prepare(orig: Callable[..., Any]) -> Callable[..., Any]:
         def _prepare_inputs(self, scheduler_output, *args, **kwargs):
             result = orig(self, scheduler_output, *args, **kwargs)
             drafter = getattr(self, "drafter", None)
-            if isinstance(drafter, proposer_cls) and drafter.tree is not None:
-                start_tree_step(self, scheduler_output, drafter.tree_of, drafter.options)
+            if isinstance(drafter, proposer_cls):
+                if drafter.tree is not None:
+                    start_tree_step(self, scheduler_output, drafter.tree_of, drafter.options)
+                if drafter.feature_layers:
+                    drafter.logits_indices = result[0]
             return result
 
         return _prepare_inputs
 
+    # Wraps GPUModelRunner._setup_eagle3_aux_hidden_state_outputs (called by the GPU
+    # and CPU runners' load_model after the drafter is loaded): a draft layer fed
+    # several base layers turns on vLLM's aux hidden states of exactly those layers,
+    # as EAGLE-3 does; a model that cannot return them is refused here, at start-up.
+    def make_setup_aux(orig: Callable[..., Any]) -> Callable[..., Any]:
+        def _setup_eagle3_aux_hidden_state_outputs(self):
+            drafter = getattr(self, "drafter", None)
+            layers = drafter.feature_layers if isinstance(drafter, proposer_cls) else ()
+            if not layers:
+                return orig(self)
+            from vllm.model_executor.models.interfaces import supports_eagle3
+
+            model = self.get_model()
+            if not supports_eagle3(model):
+                raise NFoxHeadError(
+                    f"the draft layer reads base layers {list(layers)}, but vLLM's {type(model).__name__} cannot "
+                    "return them (no EAGLE-3 aux hidden states)",
+                    "serve a model whose vLLM class supports EAGLE-3 (e.g. Llama, Qwen), or a draft layer "
+                    "trained without --feature-layers")
+            self.use_aux_hidden_state_outputs = True
+            model.set_aux_hidden_state_layers(tuple(layers))
+
+        return _setup_eagle3_aux_hidden_state_outputs
+
     _wrap(GPUModelRunner, "propose_draft_token_ids", make_propose)
     _wrap(GPUModelRunner, "_prepare_inputs", make_prepare)
+    _wrap(GPUModelRunner, "_setup_eagle3_aux_hidden_state_outputs", make_setup_aux)
     patch_cpu_attention()
     patch_cpu_expand()
     patch_triton_attention()

@@ -71,6 +71,12 @@ class NFoxHeadProposer:
         # Draft layer only: the step's logit-row hidden states [R, H] and, per request,
         # the rows of its accepted positions (their entries join the request's window).
         self.windows: Windows | None = None
+        # A layer fed several of the base's layers (EAGLE-3): vLLM's aux hidden states of
+        # these layers, and the step's logit rows' token indices (set by the runner patch).
+        self.feature_layers: tuple[int, ...] = (self.heads_config.layer_spec.feature_layers
+                                                if self.heads_config.is_draft_layer else ())
+        self.logits_indices: torch.Tensor | None = None  # [R] int64
+        self._step_aux: list[torch.Tensor] | None = None  # per feature layer [num_tokens, H]
         self._step_rows: torch.Tensor | None = None
         self._entry_rows: list[list[int]] = []
         self._has_token: list[bool] = []
@@ -130,11 +136,14 @@ class NFoxHeadProposer:
             logger.info("NFoxHead load policy: %s", self.policy.describe())
 
     def set_step_inputs(self, runner: Any, scheduler_output: Any, sample_hidden_states: torch.Tensor,
-                        sampled_token_ids: list[list[int]], spec_decode_metadata: Any) -> None:
+                        sampled_token_ids: list[list[int]], spec_decode_metadata: Any,
+                        aux_hidden_states: list[torch.Tensor] | None = None) -> None:
         """Pick each request's hidden state at its last accepted token, and its draft kind.
 
         sample_hidden_states [num_logit_rows, H] holds, per request, one row per
         drafted token plus one (or a single row when nothing was drafted).
+        aux_hidden_states: per feature layer [num_tokens, H] (a layer with feature
+        layers only; vLLM computes them because the runner patch asked for them).
         """
         step, batch = current_step(), runner.input_batch
         accepted = {r.batch_index: r.accepted for r in step.requests} if step else {}
@@ -153,6 +162,7 @@ class NFoxHeadProposer:
         self._hidden = sample_hidden_states.index_select(0, index)  # [B, H]
         if self.windows is not None:
             self._step_rows, self._entry_rows = sample_hidden_states, entry_rows
+            self._step_aux = aux_hidden_states if self.feature_layers else None
         self._has_token = [len(t) > 0 for t in sampled_token_ids]
         self._req_ids = list(batch.req_ids[: len(sampled_token_ids)])
         structured = bool(getattr(scheduler_output, "has_structured_output_requests", False))
@@ -262,11 +272,25 @@ class NFoxHeadProposer:
         rows = [r for i, n in zip(live, count) for r in self._entry_rows[i][:n]]
         ids = [t for i, n in zip(live, count) for t in sampled_token_ids[i][:n]]
         device = rows_h.device
+        index = torch.tensor(rows, device=device)  # [R] int64
         with torch.inference_mode():
-            z = self.heads.entries(rows_h.index_select(0, torch.tensor(rows, device=device)),
-                                   torch.tensor(ids, device=device))  # [R, H]
+            z = self.heads.entries(rows_h.index_select(0, index), torch.tensor(ids, device=device),
+                                   self._feature_rows(index))  # [R, H]
             self.windows.extend(self.heads.served, [(self._req_ids[i], part, int(num_tokens[i]) - 1 - len(part))
                                                    for i, part in zip(live, z.split(count))])
+
+    def _feature_rows(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """The aux hidden states of logit rows `rows` [R]: [R, (P - 1) * H], their feature
+        layers side by side (None for a layer without feature layers)."""
+        aux, self._step_aux = self._step_aux, None
+        if not self.feature_layers:
+            return None
+        if aux is None or self.logits_indices is None or len(aux) != len(self.feature_layers):
+            raise NFoxHeadError(f"the draft layer reads base layers {list(self.feature_layers)}, but vLLM handed "
+                                f"over {0 if aux is None else len(aux)} aux hidden states",
+                                "report this with the vLLM version and model: the runner patch did not apply")
+        tokens = self.logits_indices.index_select(0, rows)  # [R] token rows of the step
+        return torch.cat([a.index_select(0, tokens) for a in aux], dim=-1)
 
     def _draft_lookup(self, num_tokens: np.ndarray, token_ids: np.ndarray, cap: int) -> dict[int, list[int]]:
         """Prompt-lookup chains of up to `cap` tokens for requests whose last tokens occurred before.

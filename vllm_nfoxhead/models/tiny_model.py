@@ -79,10 +79,11 @@ SequenceStates = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 @torch.no_grad()
-def greedy_hidden_states(model_dir: Path, prompts: list[str],
-                         new_tokens: int = 48) -> tuple[SequenceStates, torch.Tensor, torch.Tensor]:
+def greedy_hidden_states(model_dir: Path, prompts: list[str], new_tokens: int = 48,
+                         layers: tuple[int, ...] = ()) -> tuple[SequenceStates, torch.Tensor, torch.Tensor]:
     """Greedy-continue each prompt; return post-norm hidden [T,H] and tokens [T] per sequence,
-    the LM head [V, H] and the input embeddings [V, H]."""
+    the LM head [V, H] and the input embeddings [V, H]. With `layers`, hidden is
+    [T, (len(layers) + 1) * H]: the states after those layers, then the final one."""
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
@@ -92,7 +93,8 @@ def greedy_hidden_states(model_dir: Path, prompts: list[str],
         ids = torch.tensor([tok(prompt)["input_ids"]])
         seq = model.generate(ids, max_new_tokens=new_tokens, do_sample=False,
                              eos_token_id=None, pad_token_id=1)
-        hidden = model.model(seq).last_hidden_state[0]  # [T, H], post final norm
+        o = model.model(seq, output_hidden_states=bool(layers))
+        hidden = torch.cat([*(o.hidden_states[i][0] for i in layers), o.last_hidden_state[0]], -1)  # post final norm last
         out.append((hidden, seq[0]))
     return out, model.lm_head.weight.detach().clone(), model.model.embed_tokens.weight.detach().clone()
 
@@ -170,25 +172,27 @@ def build_tiny_assets(root: str | os.PathLike[str], num_heads: int = 4,
 
 
 def write_fitted_layer(model_dir: Path, out_dir: Path, depth: int = 4, steps: int = 150,
-                       window: int = 16, new_tokens: int = 48) -> Path:
+                       window: int = 16, new_tokens: int = 48, feature_layers: tuple[int, ...] = ()) -> Path:
     """Fit a draft layer (core/draft_layer.py) to the model's greedy continuations and save it.
 
     The window is short on purpose: continuations are longer than it, so the
-    engine tests run requests whose windows roll over.
+    engine tests run requests whose windows roll over. With `feature_layers` the
+    layer also reads the states after those layers of the model (EAGLE-3).
     """
     from vllm_nfoxhead.core.draft_layer import DraftLayer, DraftLayerSpec, layer_tensors
     from vllm_nfoxhead.core.format import DRAFT_VOCAB_KEY, LAYER_FORMAT_VERSION
     from vllm_nfoxhead.training.draft_layer_train import Crops, LayerTrainConfig, layer_loss
     from vllm_nfoxhead.training.trainer import Sequences
 
-    sequences, lm_head, embed = greedy_hidden_states(Path(model_dir), SEED_PROMPTS, new_tokens)
+    sequences, lm_head, embed = greedy_hidden_states(Path(model_dir), SEED_PROMPTS, new_tokens, feature_layers)
     seqs = Sequences([s[1].tolist() for s in sequences], [len(s[1]) - new_tokens for s in sequences])
     crops = Crops.build(seqs, torch.cat([s[0] for s in sequences]).detach())
     vocab = torch.unique(crops.tokens)
     remap = torch.full((lm_head.shape[0],), IGNORE, dtype=torch.long)
     remap[vocab] = torch.arange(len(vocab))
     hidden_size = lm_head.shape[1]
-    spec = DraftLayerSpec(num_attention_heads=4, intermediate_size=2 * hidden_size, window=window)
+    spec = DraftLayerSpec(num_attention_heads=4, intermediate_size=2 * hidden_size, window=window,
+                          feature_layers=feature_layers)
     torch.manual_seed(0)
     layer, cfg = DraftLayer(hidden_size, spec), LayerTrainConfig(depth=depth)
     opt = torch.optim.AdamW(layer.parameters(), lr=3e-3)

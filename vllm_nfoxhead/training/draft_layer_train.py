@@ -34,8 +34,9 @@ from vllm_nfoxhead.training.trainer import IGNORE, TOPK, Sequences, step_accept
 
 @dataclass
 class Crops:
-    """Answers from the last prompt position on: feats [N_c, H] (bf16), tokens [N_c] int64,
-    starts [S+1] offsets of each cropped sequence in the flat tensors."""
+    """Answers from the last prompt position on: feats [N_c, P * H] (bf16: the layer's input
+    parts, the final state last; P = 1 without feature layers), tokens [N_c] int64, starts
+    [S+1] offsets of each cropped sequence in the flat tensors."""
 
     feats: torch.Tensor
     tokens: torch.Tensor
@@ -51,6 +52,15 @@ class Crops:
             starts.append(starts[-1] + len(ids) - lo)
             off += len(ids)
         return cls(torch.cat(feats), torch.cat(tokens), starts)
+
+    @classmethod
+    def join(cls, parts: list["Crops"]) -> "Crops":
+        """Several files' crops as one (sequences in order)."""
+        starts, off = [0], 0
+        for c in parts:
+            starts.extend(off + s for s in c.starts[1:])
+            off += c.starts[-1]
+        return cls(torch.cat([c.feats for c in parts]), torch.cat([c.tokens for c in parts]), starts)
 
     def __len__(self) -> int:
         return len(self.starts) - 1
@@ -84,7 +94,8 @@ class Crops:
 
 def unrolled(layer: DraftLayer, feats: torch.Tensor, tokens: torch.Tensor, embed: torch.Tensor,
              depth: int) -> list[torch.Tensor]:
-    """g of every depth: feats [B, n, H], tokens [B, n] -> depth d: [B, m, H], m = n - 1.
+    """g of every depth: feats [B, n, P * H] (the layer's input parts), tokens [B, n] ->
+    depth d: [B, m, H], m = n - 1.
 
     Row i of depth d stands in for f_{i+d}. Padding rows compute garbage that
     the losses mask.
@@ -93,7 +104,7 @@ def unrolled(layer: DraftLayer, feats: torch.Tensor, tokens: torch.Tensor, embed
     m, w = n - 1, layer.spec.window
     x = torch.cat([tokens, tokens.new_zeros(b, depth)], dim=1)  # [B, n + depth]
     pos = torch.arange(m, device=feats.device)  # [m]
-    z = layer.entry(feats[:, :-1], embed[x[:, 1: 1 + m]])  # [B, m, H]
+    z = layer.entry(layer.features(feats[:, :-1]), embed[x[:, 1: 1 + m]])  # [B, m, H]
     keys, values = layer.keys_values(z, pos)  # [B, m, nh, hd]
     i, j = pos.view(-1, 1), pos.view(1, -1)
     outs, extra_k, extra_v = [], [], []
@@ -143,11 +154,11 @@ class LayerTrainConfig:
 
 def layer_loss(layer: DraftLayer, feats: torch.Tensor, tokens: torch.Tensor, lens: torch.Tensor,
                embed: torch.Tensor, lm_rows: torch.Tensor, remap: torch.Tensor,
-               cfg: LayerTrainConfig, reg_feats: torch.Tensor | None = None) -> tuple[torch.Tensor, list[float]]:
+               cfg: LayerTrainConfig) -> tuple[torch.Tensor, list[float]]:
     """Summed loss and per-depth top-1 accuracy (over the draft vocabulary). The feature
-    regression aims depth d at reg_feats d positions ahead: `feats` itself unless given (a
-    layer fed something else than the final hidden states, as in feature_probe)."""
-    reg_feats = feats if reg_feats is None else reg_feats  # [B, n, H]
+    regression aims depth d at the final hidden state d positions ahead (the last H
+    columns of feats [B, n, P * H]), which its output g stands in for."""
+    reg_feats = feats[..., -layer.fuse.weight.shape[0]:]  # [B, n, H]
     total, accs = feats.new_zeros(()), []
     for d, g in enumerate(unrolled(layer, feats, tokens, embed, cfg.depth), start=1):
         tgt, valid = depth_targets(tokens, lens, d)

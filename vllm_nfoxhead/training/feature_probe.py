@@ -9,8 +9,9 @@ This probe trains two draft layers from the same start, on the same answers and
 for the same number of steps, and walks a held-out file with each:
 
 - `final`: the layer as served today, fed the last (post-norm) hidden state;
-- `fused`: the same layer fed Linear([norm(h_a), norm(h_b), norm(h_c), final]),
-  the projection starting as "final only", so both variants start from the same drafts.
+- `fused`: the same layer with feature layers a, b, c (core/draft_layer.py), fed
+  Mix([norm(h_a), norm(h_b), norm(h_c), final]), the mix starting as "final
+  only", so both variants start from the same drafts.
 
 Prints one JSON line per variant (chain / stepped walk and top-1 per depth, on
 whole answers and on their first --answer-tokens tokens). A decision aid for
@@ -21,11 +22,11 @@ not cached, so keep --train-records small.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from vllm_nfoxhead.core.draft_layer import DraftLayer, DraftLayerSpec
@@ -36,7 +37,7 @@ from vllm_nfoxhead.training.draft_layer_train import (
 )
 from vllm_nfoxhead.training.train_layer import seen_vocab
 from vllm_nfoxhead.training.trainer import (
-    Sequences, cut_answers, embed_weight, lm_head_weight, load_base, read_sequences,
+    Sequences, cut_answers, embed_weight, hidden_states, lm_head_weight, load_base, read_sequences,
 )
 
 
@@ -69,71 +70,37 @@ def default_layers(num_layers: int) -> tuple[int, int, int]:
     return 2, num_layers // 2, num_layers - 3
 
 
-@torch.no_grad()
-def layer_states(model: nn.Module, seqs: Sequences, layers: tuple[int, ...], quiet: bool) -> torch.Tensor:
-    """[N, (len(layers) + 1) * H] bfloat16: RMS-normed outputs of `layers` (transformers'
-    hidden_states[i], the input of layer i, as vLLM's aux layer i) then the final hidden
-    state, per token, sequences concatenated."""
-    decoder, out = model.get_decoder(), []
-    for ids in tqdm(seqs.ids, desc="hidden states", unit="seq", disable=quiet):
-        o = decoder(input_ids=torch.tensor([ids]), output_hidden_states=True)
-        h = o.last_hidden_state.shape[-1]
-        parts = [nn.functional.rms_norm(o.hidden_states[i][0].float(), (h,)) for i in layers]
-        out.append(torch.cat(parts + [o.last_hidden_state[0].float()], -1).to(torch.bfloat16))
-    return torch.cat(out)
-
-
-def passthrough_mix(parts: int, hidden: int) -> nn.Linear:
-    """Linear(parts * H -> H) that starts by passing the last part (the final state) through."""
-    mix = nn.Linear(parts * hidden, hidden, bias=False)
-    with torch.no_grad():
-        mix.weight.zero_()
-        mix.weight[:, (parts - 1) * hidden:] = torch.eye(hidden)
-    return mix
-
-
-class _FinalOnly(nn.Module):
-    """The served layer's input: the last H columns (the final hidden state)."""
-
-    def __init__(self, hidden: int) -> None:
-        super().__init__()
-        self.hidden = hidden
-
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        return feats[..., -self.hidden:]
-
-
-def train_variant(fused: bool, crops: Crops, spec: DraftLayerSpec, hidden: int, parts: int, embed: torch.Tensor,
-                  lm_rows: torch.Tensor, remap: torch.Tensor, args: argparse.Namespace) -> tuple[DraftLayer, nn.Module]:
-    """A passthrough-initialised layer (and mix) trained for --steps steps, seed 0."""
+def train_variant(layers: tuple[int, ...], crops: Crops, spec: DraftLayerSpec, hidden: int, embed: torch.Tensor,
+                  lm_rows: torch.Tensor, remap: torch.Tensor, args: argparse.Namespace) -> DraftLayer:
+    """A passthrough-initialised layer fed `layers` (its mix starting as "final only"),
+    trained for --steps steps, seed 0."""
     torch.manual_seed(0)
-    layer = DraftLayer(hidden, spec)
+    layer = DraftLayer(hidden, dataclasses.replace(spec, feature_layers=layers))
     layer.init_as_passthrough()
-    mix = passthrough_mix(parts, hidden) if fused else _FinalOnly(hidden)
-    params = list(layer.parameters()) + list(mix.parameters())
-    opt = torch.optim.AdamW(params, lr=5e-4, weight_decay=0.0)
+    opt = torch.optim.AdamW(layer.parameters(), lr=5e-4, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine(s, args.steps, max(1, args.steps // 30)))
     cfg, stream = LayerTrainConfig(), batch_stream(crops, list(range(len(crops))), args.batch_tokens, 0)
-    for _ in tqdm(range(args.steps), desc="fused" if fused else "final", unit="step", disable=args.quiet):
+    for _ in tqdm(range(args.steps), desc="fused" if layers else "final", unit="step", disable=args.quiet):
         feats, toks, lens = crops.batch(next(stream), torch.device("cpu"))
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            # the regression still aims at the final hidden states (the last H columns)
-            total, _ = layer_loss(layer, mix(feats), toks, lens, embed, lm_rows, remap, cfg,
-                                  reg_feats=feats[..., -hidden:])
+            total, _ = layer_loss(layer, feats, toks, lens, embed, lm_rows, remap, cfg)
         opt.zero_grad(set_to_none=True)
         total.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(layer.parameters(), 1.0)
         opt.step()
         sched.step()
-    return layer, mix
+    return layer
+
+
+def final_only(crops: Crops, hidden: int) -> Crops:
+    """The same crops with the final state alone (the last H columns)."""
+    return Crops(crops.feats[:, -hidden:], crops.tokens, crops.starts)
 
 
 @torch.no_grad()
-def walk_variant(layer: DraftLayer, mix: nn.Module, crops: Crops, embed: torch.Tensor, lm_rows: torch.Tensor,
-                 vocab: torch.Tensor) -> dict:
-    """evaluate_layer's walk with the layer fed mix(feats)."""
-    mixed = Crops(mix(crops.feats.float()), crops.tokens, crops.starts)
-    m = evaluate_layer(layer, mixed, list(range(len(mixed))), embed, lm_rows, vocab, LayerTrainConfig().depth,
+def walk(layer: DraftLayer, crops: Crops, embed: torch.Tensor, lm_rows: torch.Tensor, vocab: torch.Tensor) -> dict:
+    """evaluate_layer's walk over every crop: chain / stepped acceptance and top-1 per depth."""
+    m = evaluate_layer(layer, crops, list(range(len(crops))), embed, lm_rows, vocab, LayerTrainConfig().depth,
                        torch.device("cpu"))
     return {k: m[k] for k in ("chain_accept", "step_accept", "top1")}
 
@@ -145,12 +112,14 @@ def probe(args: argparse.Namespace) -> list[dict]:
     model = load_base(args.model, torch.device("cpu"), "bfloat16")
     num_layers = model.config.num_hidden_layers
     layers = tuple(args.layers) if args.layers else default_layers(num_layers)
-    if not all(0 <= i <= num_layers for i in layers):
-        raise NFoxHeadError(f"--layers {list(layers)} are not layers of this {num_layers}-layer model",
-                            f"give three numbers from 0 to {num_layers}")
+    if list(layers) != sorted(set(layers)) or not all(0 <= i <= num_layers for i in layers):
+        raise NFoxHeadError(f"--layers {list(layers)} are not ascending layers of this {num_layers}-layer model",
+                            f"give three ascending numbers from 0 to {num_layers}")
     lm_head, embed = lm_head_weight(model).detach().float(), embed_weight(model).detach().float()
     hidden = lm_head.shape[1]
-    train_states, held_states = (layer_states(model, s, layers, args.quiet) for s in (train, held))
+    with tqdm(total=sum(len(x) for s in (train, held) for x in s.ids), desc="hidden states", unit="tok",
+              disable=args.quiet) as bar:
+        train_states, held_states = (hidden_states(model, s, progress=bar.update, layers=layers) for s in (train, held))
     crops = Crops.build(train, train_states)
     evals = {"whole": Crops.build(held, held_states),
              f"first{args.answer_tokens}": Crops.build(*cut_answers(held, held_states, args.answer_tokens))}
@@ -159,9 +128,12 @@ def probe(args: argparse.Namespace) -> list[dict]:
     reports = []
     for fused in (False, True):
         t0 = time.monotonic()
-        layer, mix = train_variant(fused, crops, spec, hidden, len(layers) + 1, embed, lm_head[vocab], remap, args)
-        walks = {name: walk_variant(layer, mix, c, embed, lm_head[vocab], vocab) for name, c in evals.items()}
-        reports.append({"variant": "fused" if fused else "final", "layers": list(layers) if fused else [],
+        variant_layers = layers if fused else ()
+        train_crops = crops if fused else final_only(crops, hidden)
+        layer = train_variant(variant_layers, train_crops, spec, hidden, embed, lm_head[vocab], remap, args)
+        walks = {name: walk(layer, c if fused else final_only(c, hidden), embed, lm_head[vocab], vocab)
+                 for name, c in evals.items()}
+        reports.append({"variant": "fused" if fused else "final", "layers": list(variant_layers),
                         "steps": args.steps, "train_tokens": sum(crops.length(s) for s in range(len(crops))),
                         "seconds": round(time.monotonic() - t0), **walks})
         print(json.dumps(reports[-1]), flush=True)

@@ -38,7 +38,7 @@ from vllm_nfoxhead.training.train import check_data_fits, default_cache_dir, say
 from vllm_nfoxhead.training.datagen import run_cli
 from vllm_nfoxhead.training.draft_vocab import most_frequent_ids
 from vllm_nfoxhead.training.trainer import (
-    IGNORE, cache_key, cached_hidden_states, embed_weight, join_sequences, lm_head_weight, load_base,
+    IGNORE, cache_key, cached_hidden_states, embed_weight, lm_head_weight, load_base,
     read_sequences, seed_everything,
 )
 
@@ -62,6 +62,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--window", type=int, default=None,
                    help=f"true positions a request keeps (default {s.window}, or --init-from's)")
     p.add_argument("--intermediate-size", type=int, default=None, help="MLP width (default: the base model's)")
+    p.add_argument("--feature-layers", type=int, nargs="+", default=None, metavar="I",
+                   help="also feed the layer the base's residual stream after these layers, mixed with "
+                        "the final state (EAGLE-3; e.g. 2 15 27 for a 30-layer base; served through vLLM's "
+                        "aux hidden states). With --init-from a layer without them, the mix starts as "
+                        "'final only' (default: --init-from's, else none)")
     p.add_argument("--init", choices=("random", "passthrough"), default="passthrough",
                    help="random: small random weights (EAGLE); passthrough: start as g = norm(f), "
                         "residual branches at zero (default %(default)s)")
@@ -99,17 +104,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def load_crops(args: argparse.Namespace, files: list[str], model: torch.nn.Module, dtype: str,
-               cache: Path, vocab_size: int) -> Crops:
-    """Answers of `files` with their cached hidden states, cropped to what the proposer sees."""
+               cache: Path, vocab_size: int, layers: tuple[int, ...]) -> Crops:
+    """Answers of `files` with their cached hidden states (and those of `layers`, the layer's
+    feature layers), cropped to what the proposer sees; one file's states in memory at a time."""
+    from tqdm import tqdm
+
     parts = [read_sequences(f, args.max_len) for f in files]
-    hidden = []
-    for f, part in zip(files, parts):
+    for part in parts:
         check_data_fits(part, vocab_size, args.model)
-        file = cache / f"{cache_key(f, args.model, args.max_len, dtype)}.safetensors"
-        h, cached = cached_hidden_states(lambda: model, part, file)
-        say(f"hidden states of {f} {'read from' if cached else 'written to'} {file}")
-        hidden.append(h)
-    return Crops.build(join_sequences(parts), torch.cat(hidden))
+    crops = []
+    with tqdm(total=sum(len(x) for p in parts for x in p.ids), desc="hidden states", unit="tok",
+              disable=args.quiet) as bar:
+        for f, part in zip(files, parts):
+            file = cache / f"{cache_key(f, args.model, args.max_len, dtype, layers)}.safetensors"
+            h, cached = cached_hidden_states(lambda: model, part, file, bar.update, layers)
+            if cached:
+                bar.update(h.shape[0])
+            say(f"hidden states of {f} {'read from' if cached else 'written to'} {file}")
+            crops.append(Crops.build(part, h))
+            del h
+    return Crops.join(crops)
 
 
 def split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -146,6 +160,7 @@ def train(args: argparse.Namespace) -> Path:
         if not Path(f).is_file():
             raise NFoxHeadError(f"data file {f} does not exist", "run `python -m vllm_nfoxhead.training.datagen` first")
     start = read_start(args.init_from, args.model) if args.init_from else None  # before loading anything
+    layers = feature_layers(args, start)
     if args.threads:
         torch.set_num_threads(args.threads)
     seed_everything(args.seed)
@@ -155,11 +170,11 @@ def train(args: argparse.Namespace) -> Path:
     lm_head = lm_head_weight(model).detach().float()  # [V, H]
     embed = embed_weight(model).detach().float()  # [V, H]
     hidden_size, vocab_size = lm_head.shape[1], lm_head.shape[0]
-    crops = load_crops(args, args.data, model, dtype, cache, vocab_size)
-    evals = {f: load_crops(args, [f], model, dtype, cache, vocab_size) for f in args.eval_data}
+    crops = load_crops(args, args.data, model, dtype, cache, vocab_size, layers)
+    evals = {f: load_crops(args, [f], model, dtype, cache, vocab_size, layers) for f in args.eval_data}
     del model
     train_rows, held_out = split(len(crops), args.eval_fraction, args.seed)
-    layer, vocab, remap = starting_layer(args, start, crops, train_rows, hidden_size, vocab_size)
+    layer, vocab, remap = starting_layer(args, start, crops, train_rows, hidden_size, vocab_size, layers)
     spec = layer.spec
     cfg = LayerTrainConfig(depth=args.depth, epochs=args.epochs, lr=args.lr, batch_tokens=args.batch_tokens,
                            decay=args.decay, reg=args.reg, seed=args.seed)
@@ -207,22 +222,40 @@ def read_start(heads_dir: str, model_dir: str) -> tuple[HeadsConfig, dict[str, t
     return config, read_heads_tensors(heads_dir, config)
 
 
+def feature_layers(args: argparse.Namespace, start: tuple[HeadsConfig, dict[str, torch.Tensor]] | None
+                   ) -> tuple[int, ...]:
+    """The layer's feature layers: --feature-layers, or --init-from's; checked against the base
+    model's depth and --init-from's own before anything is loaded."""
+    own = start[0].layer_spec.feature_layers if start else ()
+    layers = tuple(args.feature_layers) if args.feature_layers is not None else own
+    if own and layers != own:
+        raise NFoxHeadError(f"--feature-layers {list(layers)} differ from --init-from's {list(own)}",
+                            "drop --feature-layers to continue that layer")
+    depth = int(_base_config(args.model).get("num_hidden_layers", 0))
+    if list(layers) != sorted(set(layers)) or not all(0 <= i <= depth for i in layers):
+        raise NFoxHeadError(f"--feature-layers {list(layers)} are not ascending layers of this {depth}-layer model",
+                            f"give layer numbers from 0 to {depth}, e.g. 2 {depth // 2} {depth - 3}")
+    return layers
+
+
 def starting_layer(args: argparse.Namespace, start: tuple[HeadsConfig, dict[str, torch.Tensor]] | None,
-                   crops: Crops, train_rows: list[int], hidden_size: int,
-                   vocab_size: int) -> tuple[DraftLayer, torch.Tensor, torch.Tensor]:
+                   crops: Crops, train_rows: list[int], hidden_size: int, vocab_size: int,
+                   layers: tuple[int, ...] = ()) -> tuple[DraftLayer, torch.Tensor, torch.Tensor]:
     """(layer, draft vocabulary [V'], remap [V]): --init-from's layer and vocabulary, or a new
-    layer (--init) over the training answers' vocabulary (--draft-vocab)."""
+    layer (--init) over the training answers' vocabulary (--draft-vocab); fed `layers`."""
     if start is not None:
         config, tensors = start
-        spec = dataclasses.replace(config.layer_spec, window=args.window or config.layer_spec.window)
+        spec = dataclasses.replace(config.layer_spec, window=args.window or config.layer_spec.window,
+                                   feature_layers=layers)
         layer = DraftLayer(hidden_size, spec)
-        load_layer(layer, {k: v.float() for k, v in tensors.items() if v.is_floating_point()})
+        load_layer(layer, {k: v.float() for k, v in tensors.items() if v.is_floating_point()},
+                   keep_mix=not config.layer_spec.feature_layers)
         vocab = tensors.get(DRAFT_VOCAB_KEY, torch.arange(vocab_size))
         return layer, vocab, vocab_remap(vocab, vocab_size)
     vocab, remap = seen_vocab(crops, train_rows, vocab_size, args.draft_vocab)
     spec = DraftLayerSpec(num_attention_heads=max(1, hidden_size // 64),
                           intermediate_size=args.intermediate_size or _base_intermediate(args.model, hidden_size),
-                          window=args.window or DraftLayerSpec.window)
+                          window=args.window or DraftLayerSpec.window, feature_layers=layers)
     layer = DraftLayer(hidden_size, spec)
     if args.init == "passthrough":
         layer.init_as_passthrough()

@@ -201,9 +201,12 @@ def context_tokens(tokens: torch.Tensor, num_heads: int) -> torch.Tensor:
     return torch.stack([padded[1 + j: 1 + j + len(tokens)] for j in range(num_heads)], dim=1)
 
 
-def cache_key(data_file: str | os.PathLike[str], model_dir: str | os.PathLike[str], max_len: int, dtype: str) -> str:
-    """Hash of what the hidden states depend on: data bytes, model config and weights, length, dtype."""
-    h = hashlib.sha256(f"v{CACHE_VERSION}|{max_len}|{dtype}".encode())
+def cache_key(data_file: str | os.PathLike[str], model_dir: str | os.PathLike[str], max_len: int, dtype: str,
+              layers: Sequence[int] = ()) -> str:
+    """Hash of what the hidden states depend on: data bytes, model config and weights, length,
+    dtype, and the layers whose states are stored beside the final one."""
+    tag = f"v{CACHE_VERSION}|{max_len}|{dtype}" + (f"|layers{list(layers)}" if layers else "")
+    h = hashlib.sha256(tag.encode())
     h.update(Path(data_file).read_bytes())
     model_dir = Path(model_dir)
     for f in sorted(model_dir.iterdir()):
@@ -248,9 +251,12 @@ def embed_weight(model: nn.Module) -> torch.Tensor:
 
 @torch.inference_mode()
 def hidden_states(
-    model: nn.Module, seqs: Sequences, batch_tokens: int = 4096, progress: Callable | None = None
+    model: nn.Module, seqs: Sequences, batch_tokens: int = 4096, progress: Callable | None = None,
+    layers: Sequence[int] = (),
 ) -> torch.Tensor:
     """Final post-norm hidden states of every token: [N, H] bfloat16 on CPU, sequences concatenated.
+    With `layers`, [N, (len(layers) + 1) * H]: the residual stream after each of those
+    layers (transformers' hidden_states[i], vLLM's aux hidden state i), then the final state.
 
     Sequences are run length-sorted in batches of about `batch_tokens` tokens
     (right padding, attention mask), so little compute goes to padding.
@@ -266,7 +272,8 @@ def hidden_states(
         for r, i in enumerate(batch):
             ids[r, : len(seqs.ids[i])] = torch.tensor(seqs.ids[i])
             mask[r, : len(seqs.ids[i])] = 1
-        states = decoder(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+        o = decoder(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=bool(layers))
+        states = torch.cat([*(o.hidden_states[i] for i in layers), o.last_hidden_state], dim=-1)  # [b, w, P * H]
         for r, i in enumerate(batch):
             out[i] = states[r, : len(seqs.ids[i])].to("cpu", torch.bfloat16)
         if progress:
@@ -288,9 +295,10 @@ def _token_batches(order: Sequence[int], seqs: Sequences, batch_tokens: int) -> 
 
 def cached_hidden_states(
     model_loader: Callable[[], nn.Module], seqs: Sequences, cache_file: Path,
-    progress: Callable | None = None,
+    progress: Callable | None = None, layers: Sequence[int] = (),
 ) -> tuple[torch.Tensor, bool]:
-    """Hidden states [N, H] from `cache_file`, or computed once and written there (bf16).
+    """Hidden states [N, H] (or [N, P * H] with `layers`, as `hidden_states`) from
+    `cache_file`, or computed once and written there (bf16).
 
     Returns (hidden, was_cached). Stored in bfloat16: half the disk and memory,
     and well inside what head training can resolve.
@@ -300,7 +308,7 @@ def cached_hidden_states(
         hidden = load_file(str(cache_file))["hidden"]
         if hidden.shape[0] == n:
             return hidden, True
-    hidden = hidden_states(model_loader(), seqs, progress=progress).to(torch.bfloat16)
+    hidden = hidden_states(model_loader(), seqs, progress=progress, layers=layers).to(torch.bfloat16)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_file.with_suffix(".tmp")
     save_file({"hidden": hidden.contiguous()}, str(tmp))
