@@ -297,3 +297,25 @@ def test_train_layer_refuses_bad_input_before_loading_anything(tmp_path) -> None
     (tmp_path / "o").mkdir()
     with pytest.raises(SystemExit, match="already exists"):
         main(["--model", str(tmp_path), "--data", str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "o")])
+
+
+def test_a_fused_layer_is_refused_where_its_base_layers_cannot_reach_it() -> None:
+    """Front-end check (before any engine memory): feature layers the served model lacks, or
+    pipeline stages (vLLM drafts on the last stage only), get one line each."""
+    from types import SimpleNamespace
+
+    from vllm_nfoxhead.core.errors import NFoxHeadError
+    from vllm_nfoxhead.core.format import HeadsConfig
+    from vllm_nfoxhead.integration.options import check_feature_layers
+
+    spec = DraftLayerSpec(num_attention_heads=2, intermediate_size=24, window=4, feature_layers=(2, 15, 27))
+    fused = HeadsConfig.from_dict(_layer_config(draft_layer=spec.to_dict()), "t")
+    model = SimpleNamespace(hf_text_config=SimpleNamespace(num_hidden_layers=30))
+    check_feature_layers(SimpleNamespace(pipeline_parallel_size=1), fused, model)
+    check_feature_layers(SimpleNamespace(pipeline_parallel_size=2), HeadsConfig.from_dict(_layer_config(), "t"), model)
+    for args, depth, says in ((SimpleNamespace(pipeline_parallel_size=2), 30, "pipeline-parallel-size 1"),
+                              (SimpleNamespace(pipeline_parallel_size=1), 24, "reads base layer 27, but the served "
+                                                                              "model has 24 layers")):
+        with pytest.raises(NFoxHeadError, match=says) as exc:
+            check_feature_layers(args, fused, SimpleNamespace(hf_text_config=SimpleNamespace(num_hidden_layers=depth)))
+        assert "\n" not in str(exc.value)

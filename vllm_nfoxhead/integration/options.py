@@ -129,6 +129,7 @@ def validate_for_target(args: Any, hidden_size: int, vocab_size: int, base: str,
     check_option_values(opts)
     config = validate_heads_dir(opts.heads_dir)
     check_base_compat(config, hidden_size, vocab_size, base)
+    check_feature_layers(args, config, target_model_config)
     plugin_config = args.additional_config[ADDITIONAL_CONFIG_KEY]
     if opts.cost_table is not None:
         plugin_config["cost_table"] = load_cost_table(opts.cost_table)
@@ -144,6 +145,24 @@ def validate_for_target(args: Any, hidden_size: int, vocab_size: int, base: str,
     plugin_config["chain_tokens"] = min(num_tokens, config.num_heads)
     spec["num_speculative_tokens"] = num_tokens
     return config
+
+
+def check_feature_layers(args: Any, config: HeadsConfig, target_model_config: Any = None) -> None:
+    """A draft layer fed several base layers (vLLM's aux hidden states) needs those layers
+    in the served model, and one pipeline stage: vLLM builds the drafter on the last
+    stage only, so earlier stages would not pass their layers' states on."""
+    layers = config.layer_spec.feature_layers if config.is_draft_layer else ()
+    if not layers:
+        return
+    if int(getattr(args, "pipeline_parallel_size", 1) or 1) > 1:
+        raise NFoxHeadError(f"the draft layer reads base layers {list(layers)}, which pipeline parallelism "
+                            "does not pass to the last stage here",
+                            "serve it with --pipeline-parallel-size 1 (tensor parallelism works), or use a "
+                            "draft layer trained without --feature-layers")
+    depth = getattr(getattr(target_model_config, "hf_text_config", None), "num_hidden_layers", None)
+    if depth is not None and max(layers) > depth:
+        raise NFoxHeadError(f"the draft layer reads base layer {max(layers)}, but the served model has {depth} layers",
+                            "serve the base model the layer was trained for")
 
 
 def check_option_values(opts: NFoxHeadOptions) -> None:

@@ -10,6 +10,8 @@ vLLM builds the custom_class drafter on the last pipeline stage only:
 - vLLM 0.32's Ray executor reads drafts from global rank 0, which under PP is
   the first stage (no drafter): refused. In 0.33 "ray" is a subclass of the
   multiprocessing executor, which reads them from the last stage.
+- A draft layer fed several base layers (feature_layers) needs those layers'
+  states from every stage: refused under PP (options.check_feature_layers).
 Tensor parallelism needs nothing here: every TP rank of the last stage drafts.
 """
 
