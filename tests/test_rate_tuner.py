@@ -198,3 +198,17 @@ def test_ignores_unknown_shapes_and_empty_steps():
 def test_needs_shapes():
     with pytest.raises(ValueError):
         RateTuner([], prior=lambda b: NONE)
+
+
+def test_a_nearby_batch_size_starts_from_the_measured_choice_of_its_neighbour():
+    # A load hovering at 16 requests meets 15 and 14 as requests finish. Measured at 16:
+    # no drafts. Batch 14 starts there too instead of at the prior's chain(2) (and so
+    # never pays for chain(2)); batch 4, far from any measured size, keeps the prior.
+    rng = random.Random(7)
+    tuner = RateTuner(SHAPES, prior=lambda b: C2)
+    slow = {NONE: 1.0, C1: 1.6, C2: 2.2, C3: 2.8, T6: 6.0}
+    drive(tuner, 16, slow, [0.3, 0.3, 0.3], 60, rng)
+    assert tuner.choose(16) == NONE
+    assert tuner.choose(4) == C2
+    chosen = drive(tuner, 14, slow, [0.3, 0.3, 0.3], 60, rng)
+    assert chosen[0] == NONE and C2 not in chosen and chosen[-50:].count(NONE) >= 47

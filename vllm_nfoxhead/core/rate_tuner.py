@@ -189,14 +189,26 @@ class RateTuner:
         return [ladder[j] for j in (i - 1, i + 1) if 0 <= j < len(ladder)]
 
     def _start(self, batch: int) -> DraftShape:
-        """Where a batch size not seen before starts: the prior, but no more drafting than
-        measurements chose at the nearest smaller batch size. Verifying drafts only grows
-        costlier relative to their gain as the batch grows, so a smaller batch's measured
-        choice bounds a larger one's; without this, every batch size of a fluctuating
-        load had to find out on its own that speculation no longer pays."""
+        """Where a batch size not seen before starts.
+
+        - A batch size near one already measured (within a quarter, at least 1)
+          starts from that one's measured choice: neighbouring batch sizes cost
+          alike, and a load that hovers around 16 requests meets 13, 14 and 15
+          too, each of which otherwise probed its way from the prior on its own.
+        - Else the prior (the cost model's choice).
+        - Either way no more drafting than measurements chose at the nearest
+          smaller batch size: verifying drafts only grows costlier relative to
+          their gain as the batch grows, so a smaller batch's measured choice
+          bounds a larger one's.
+        """
         start = self.prior(batch)
+        if not self._confirmed or start not in self.shapes:
+            return start
+        near = min(self._confirmed, key=lambda b: (abs(b - batch), b))
+        if abs(near - batch) <= max(1, batch // 4):
+            start = self._confirmed[near]
         smaller = [b for b in self._confirmed if b < batch]
-        if smaller and start in self.shapes:
+        if smaller:
             bound = self._confirmed[max(smaller)]
             if self.shapes.index(bound) < self.shapes.index(start):
                 return bound
