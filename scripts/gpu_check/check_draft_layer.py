@@ -7,7 +7,8 @@ float32 rounding (the layer computes rotary angles in float32, as it does
 in every dtype), far inside the gaps between the top
 logits, so the drafted tokens must be identical; in bfloat16 the
 per-depth outputs must stay close to the float64 reference on the same
-(teacher-forced) contexts.
+(teacher-forced) contexts. The layer reads two feature layers besides the final
+state (EAGLE-3's aux hidden states), so their norm and mix run on the device too.
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ from vllm_nfoxhead.core.tree import TreeDrafter
 WINDOW = 4
 ENTRIES = {"a": 7, "b": 2}  # "a" overflows the window (trimmed), "b" does not fill it
 DEPTH = 4
+FEATURE_LAYERS = (1, 2)  # entries are [n, 3H]: two aux states, then the final one
 
 
 def _layer(hidden: int, heads: int, seed: int) -> DraftLayer:
     torch.manual_seed(seed)
     layer = DraftLayer(hidden, DraftLayerSpec(num_attention_heads=heads, intermediate_size=2 * hidden,
-                                              window=WINDOW))
+                                              window=WINDOW, feature_layers=FEATURE_LAYERS))
     with torch.no_grad():
         for p in layer.parameters():  # norms away from 1 so that they matter; weights at a 1/sqrt(H) scale
             p.normal_(1.0 if p.dim() == 1 else 0.0, 0.3 if p.dim() == 1 else hidden ** -0.5)
@@ -44,8 +46,9 @@ def _windows(layer: ServedLayer, feats: dict[str, torch.Tensor], nexts: dict[str
     """Windows of both requests, the first entries one by one, the rest in one `extend` (as a step)."""
     windows = Windows(WINDOW)
     for r, f in feats.items():
-        windows.append(r, layer, layer.entry(f[:1], embed[nexts[r][:1]]))
-    windows.extend(layer, [(r, layer.entry(f[1:], embed[nexts[r][1:]]), None) for r, f in feats.items()])
+        windows.append(r, layer, layer.entry(layer.features(f[:1]), embed[nexts[r][:1]]))
+    windows.extend(layer, [(r, layer.entry(layer.features(f[1:]), embed[nexts[r][1:]]), None)
+                           for r, f in feats.items()])
     return windows
 
 
@@ -59,7 +62,8 @@ def check_draft_layer(check: Check, sizes: Sizes) -> None:
     heads = max(2, hidden // 128)
     gen = torch.Generator().manual_seed(81)
     embed = torch.randn(vocab, hidden, generator=gen, dtype=torch.float64)
-    feats = {r: torch.randn(n, hidden, generator=gen, dtype=torch.float64) for r, n in ENTRIES.items()}
+    parts = len(FEATURE_LAYERS) + 1
+    feats = {r: torch.randn(n, parts * hidden, generator=gen, dtype=torch.float64) for r, n in ENTRIES.items()}
     nexts = {r: torch.randint(0, vocab, (n,), generator=gen) for r, n in ENTRIES.items()}
     first = torch.randint(0, vocab, (len(ENTRIES),), generator=gen)
     cpu_module = _layer(hidden, heads, seed=82).double()
@@ -100,5 +104,6 @@ def check_draft_layer(check: Check, sizes: Sizes) -> None:
         require(bf.g[d].dtype == torch.bfloat16, f"bfloat16 depth {d} computed in {bf.g[d].dtype}")
         worst = max(worst, compare(bf.g[d], ref.g[d], 0.15, f"bfloat16 depth {d} output"))
     check.detail["bf16_max_abs_error"] = round(worst, 5)
-    check.detail["summary"] = (f"hidden {hidden}, {heads} heads, window {WINDOW}; float64 tree and chain drafts "
+    check.detail["summary"] = (f"hidden {hidden}, {heads} heads, window {WINDOW}, feature layers "
+                               f"{list(FEATURE_LAYERS)}; float64 tree and chain drafts "
                                f"equal the CPU's; bf16 outputs within {worst:.2g} of float64")
