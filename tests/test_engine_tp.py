@@ -89,12 +89,14 @@ def test_tree_lookup_and_tuner_with_a_skewed_rank(tiny_assets, policy_heads, pla
     assert rate > 1.4
 
 
-@pytest.mark.parametrize("drafter, tree", [("heads", "chain"), ("heads", WIDE_SHALLOW), ("draft_layer", MIXED)],
-                         ids=["own-lm-heads-chain", "own-lm-heads-wide-shallow", "draft-layer-tree"])
+@pytest.mark.parametrize("drafter, tree", [("heads", "chain"), ("heads", WIDE_SHALLOW), ("fused_layer", MIXED)],
+                         ids=["own-lm-heads-chain", "own-lm-heads-wide-shallow", "fused-draft-layer-tree"])
 def test_under_kv_pressure(request, tiny_assets, plain_tp_outputs, drafter, tree):
     """Preemption and chunked prefill under TP. The draft layer keeps per-request windows
-    on every rank: both ranks must keep the same ones (drafts compared every step)."""
-    heads = tiny_assets[1] if drafter == "heads" else request.getfixturevalue("draft_layer")
+    on every rank: both ranks must keep the same ones (drafts compared every step). It
+    reads two of the base's layers besides the last (vLLM's aux hidden states, which
+    every rank holds whole)."""
+    heads = tiny_assets[1] if drafter == "heads" else request.getfixturevalue(drafter)
     spec = {"model": f"nfoxhead:{heads}", "tree": tree, "lookup": 0, "rank_check_interval": 1}
     with tp_llm(tiny_assets[0], speculative_config=spec, **KV_PRESSURE) as llm:
         assert token_ids(llm.generate(PROMPTS, GREEDY, use_tqdm=False)) == plain_tp_outputs
