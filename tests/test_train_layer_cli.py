@@ -117,6 +117,11 @@ def test_feature_layers_upgrade_a_final_state_layer(tiny_model, data_file, tmp_p
     mix = got["draft_layer.mix.weight"].float()  # [H, 3H]
     torch.testing.assert_close(mix, torch.cat([torch.zeros(32, 64), torch.eye(32)], dim=1))
     assert len(list(cache.glob("*.safetensors"))) == 2  # final states, and layers 0, 1 + final
+    from vllm_nfoxhead.training.evaluate import parse_args as eval_args, walk
+
+    common = ["--model", str(tiny_model), "--data", str(data_file), "--cache-dir", str(cache), "--base-dtype",
+              "float32"]
+    assert walk(eval_args([*common, "--heads", str(fused)])) == walk(eval_args([*common, "--heads", str(first)]))
     again = tmp_path / "again"
     assert TL.main(_cli(tiny_model, data_file, again, cache, "--init-from", str(fused), "--epochs", "1")) == 0
     assert validate_heads_dir(again).layer_spec.feature_layers == (0, 1)

@@ -58,11 +58,12 @@ def walk(args: argparse.Namespace) -> list[dict]:
     check_base_compat(config, lm_head.shape[1], lm_head.shape[0], args.model)
     tensors = read_heads_tensors(args.heads, config)
     cache = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    layers = config.layer_spec.feature_layers if config.is_draft_layer else ()  # states it reads besides the last
     reports = []
     for f in args.data:
         seqs = read_sequences(f, args.max_len)
-        file = cache / f"{cache_key(f, args.model, args.max_len, dtype)}.safetensors"
-        hidden, _ = cached_hidden_states(lambda: model, seqs, file)
+        file = cache / f"{cache_key(f, args.model, args.max_len, dtype, layers)}.safetensors"
+        hidden, _ = cached_hidden_states(lambda: model, seqs, file, layers=layers)
         if args.answer_tokens is not None:
             seqs, hidden = cut_answers(seqs, hidden, args.answer_tokens)
         if config.is_draft_layer:
