@@ -42,25 +42,36 @@ class Crops:
     tokens: torch.Tensor
     starts: list[int]
 
+    @staticmethod
+    def rows(seqs: Sequences) -> int:
+        """Rows `build` keeps of `seqs`: each answer and the prompt position before it."""
+        return sum(len(ids) - max(a - 1, 0) for ids, a in zip(seqs.ids, seqs.answer_start))
+
     @classmethod
-    def build(cls, seqs: Sequences, hidden: torch.Tensor) -> "Crops":
-        feats, tokens, starts, off = [], [], [0], 0
+    def build(cls, seqs: Sequences, hidden: torch.Tensor, out: torch.Tensor | None = None) -> "Crops":
+        """Crops of `seqs` from their hidden states [sum len, P * H]. With `out` ([rows(seqs),
+        P * H]) the feats are written into it and no second copy is made (a caller fills one
+        tensor file by file: several GB of states per file with feature layers)."""
+        out = hidden.new_empty(cls.rows(seqs), hidden.shape[1]) if out is None else out
+        tokens, starts, off = [], [0], 0
         for ids, a in zip(seqs.ids, seqs.answer_start):
             lo = max(a - 1, 0)
-            feats.append(hidden[off + lo: off + len(ids)])
+            out[starts[-1]: starts[-1] + len(ids) - lo] = hidden[off + lo: off + len(ids)]
             tokens.append(torch.tensor(ids[lo:], dtype=torch.long))
             starts.append(starts[-1] + len(ids) - lo)
             off += len(ids)
-        return cls(torch.cat(feats), torch.cat(tokens), starts)
+        return cls(out, torch.cat(tokens), starts)
 
     @classmethod
-    def join(cls, parts: list["Crops"]) -> "Crops":
-        """Several files' crops as one (sequences in order)."""
+    def join(cls, parts: list["Crops"], feats: torch.Tensor | None = None) -> "Crops":
+        """Several files' crops as one (sequences in order). `feats`: the parts' feats already
+        stacked in one tensor (built with `out=`), so they are not copied again."""
         starts, off = [0], 0
         for c in parts:
             starts.extend(off + s for s in c.starts[1:])
             off += c.starts[-1]
-        return cls(torch.cat([c.feats for c in parts]), torch.cat([c.tokens for c in parts]), starts)
+        feats = torch.cat([c.feats for c in parts]) if feats is None else feats
+        return cls(feats, torch.cat([c.tokens for c in parts]), starts)
 
     def __len__(self) -> int:
         return len(self.starts) - 1

@@ -112,18 +112,23 @@ def load_crops(args: argparse.Namespace, files: list[str], model: torch.nn.Modul
     parts = [read_sequences(f, args.max_len) for f in files]
     for part in parts:
         check_data_fits(part, vocab_size, args.model)
-    crops = []
+    sizes = [Crops.rows(p) for p in parts]
+    feats: torch.Tensor | None = None  # [sum sizes, P * H] bf16, filled file by file
+    crops, off = [], 0
     with tqdm(total=sum(len(x) for p in parts for x in p.ids), desc="hidden states", unit="tok",
               disable=args.quiet) as bar:
-        for f, part in zip(files, parts):
+        for f, part, n in zip(files, parts, sizes):
             file = cache / f"{cache_key(f, args.model, args.max_len, dtype, layers)}.safetensors"
             h, cached = cached_hidden_states(lambda: model, part, file, bar.update, layers)
             if cached:
                 bar.update(h.shape[0])
             say(f"hidden states of {f} {'read from' if cached else 'written to'} {file}")
-            crops.append(Crops.build(part, h))
+            if feats is None:
+                feats = h.new_empty(sum(sizes), h.shape[1])
+            crops.append(Crops.build(part, h, out=feats[off: off + n]))
+            off += n
             del h
-    return Crops.join(crops)
+    return Crops.join(crops, feats)
 
 
 def split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
