@@ -246,6 +246,27 @@ def test_crops_first_n_equal_crops_of_answers_cut_to_n() -> None:
         assert a.starts == b.starts and torch.equal(a.tokens, b.tokens) and torch.equal(a.feats, b.feats)
 
 
+def test_crops_of_several_files_fill_one_tensor_in_place() -> None:
+    """train_layer builds each file's crops into a slice of one preallocated tensor: the joined
+    crops equal crops built and concatenated file by file, and hold that tensor itself (no
+    second copy of several GB of states)."""
+    from vllm_nfoxhead.training.draft_layer_train import Crops
+    from vllm_nfoxhead.training.trainer import Sequences
+
+    files = [Sequences([[1, 2, 3, 4, 5], [6, 7, 8]], [2, 1]), Sequences([[9, 10, 11, 12]], [3])]
+    hiddens = [torch.arange(8 * 3.0).view(8, 3), -torch.arange(4 * 3.0).view(4, 3)]
+    sizes = [Crops.rows(s) for s in files]
+    assert sizes == [4 + 3, 2]
+    feats, off, parts = torch.empty(sum(sizes), 3), 0, []
+    for seqs, hidden, n in zip(files, hiddens, sizes):
+        parts.append(Crops.build(seqs, hidden, out=feats[off: off + n]))
+        off += n
+    joined = Crops.join(parts, feats)
+    expected = Crops.join([Crops.build(s, h) for s, h in zip(files, hiddens)])
+    assert joined.feats.data_ptr() == feats.data_ptr()
+    assert joined.starts == expected.starts and torch.equal(joined.tokens, expected.tokens)
+    assert torch.equal(joined.feats, expected.feats)
+
 def test_offline_walk_counts_what_serving_drafts_accept() -> None:
     """evaluate_layer's per-position runs equal greedy chains drafted position by position
     at serving time and checked against the true continuation."""
