@@ -14,6 +14,8 @@ NONE = DraftShape("none", 0, 1.0)
 C1, C2, C3 = DraftShape("chain", 1, 1.6), DraftShape("chain", 2, 1.96), DraftShape("chain", 3, 2.176)
 T6 = DraftShape("tree", 6, 2.5)
 SHAPES = [NONE, C1, C2, C3, T6]
+# Step seconds where verifying drafts costs more than they carry (a busy batch): no drafts win.
+SLOW = {NONE: 1.0, C1: 1.6, C2: 2.2, C3: 2.8, T6: 6.0}
 
 
 def accepted(rng: random.Random, drafted: int, cond: list[float]) -> int:
@@ -131,7 +133,7 @@ def test_batch_sizes_keep_their_own_step_times():
     rng = random.Random(2)
     tuner = RateTuner(SHAPES, prior=lambda b: C2)
     drive(tuner, 1, {NONE: 1.0, C1: 1.05, C2: 1.1, C3: 1.15, T6: 3.0}, [0.5, 0.45, 0.4], 300, rng)
-    drive(tuner, 16, {NONE: 1.0, C1: 1.6, C2: 2.2, C3: 2.8, T6: 6.0}, [0.5, 0.45, 0.4], 300, rng)
+    drive(tuner, 16, SLOW, [0.5, 0.45, 0.4], 300, rng)
     assert tuner.choose(1) == C3
     assert tuner.choose(16) == NONE
 
@@ -141,12 +143,11 @@ def test_a_larger_batch_starts_from_a_smaller_ones_measured_choice():
     # at the prior's chain(2); it starts with no drafts instead and keeps that if it holds.
     rng = random.Random(4)
     tuner = RateTuner(SHAPES, prior=lambda b: C2)
-    slow = {NONE: 1.0, C1: 1.6, C2: 2.2, C3: 2.8, T6: 6.0}
-    drive(tuner, 8, slow, [0.3, 0.3, 0.3], 60, rng)
+    drive(tuner, 8, SLOW, [0.3, 0.3, 0.3], 60, rng)
     assert tuner.choose(8) == NONE
     assert tuner.choose(12) == NONE
     assert tuner.choose(4) == C2  # a smaller batch is not bounded by a larger one's choice
-    chosen = drive(tuner, 12, slow, [0.3, 0.3, 0.3], 60, rng)
+    chosen = drive(tuner, 12, SLOW, [0.3, 0.3, 0.3], 60, rng)
     assert chosen.count(C2) == 0 and chosen[-50:].count(NONE) >= 47
 
 
@@ -206,9 +207,8 @@ def test_a_nearby_batch_size_starts_from_the_measured_choice_of_its_neighbour():
     # never pays for chain(2)); batch 4, far from any measured size, keeps the prior.
     rng = random.Random(7)
     tuner = RateTuner(SHAPES, prior=lambda b: C2)
-    slow = {NONE: 1.0, C1: 1.6, C2: 2.2, C3: 2.8, T6: 6.0}
-    drive(tuner, 16, slow, [0.3, 0.3, 0.3], 60, rng)
+    drive(tuner, 16, SLOW, [0.3, 0.3, 0.3], 60, rng)
     assert tuner.choose(16) == NONE
     assert tuner.choose(4) == C2
-    chosen = drive(tuner, 14, slow, [0.3, 0.3, 0.3], 60, rng)
+    chosen = drive(tuner, 14, SLOW, [0.3, 0.3, 0.3], 60, rng)
     assert chosen[0] == NONE and C2 not in chosen and chosen[-50:].count(NONE) >= 47
