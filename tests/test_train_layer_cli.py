@@ -130,3 +130,14 @@ def test_feature_layers_upgrade_a_final_state_layer(tiny_model, data_file, tmp_p
         with pytest.raises(SystemExit, match=says) as exc:
             TL.main(_cli(tiny_model, data_file, tmp_path / "bad", cache, *bad))
         assert "\n" not in str(exc.value)
+
+
+def test_crops_live_in_a_scratch_mapping_that_leaves_no_file(tmp_path) -> None:
+    """The crops tensor is file-backed (RAM can drop its pages) and its file is gone at once,
+    so no run leaves gigabytes behind, killed or not."""
+    from vllm_nfoxhead.training.train_layer import disk_backed
+
+    t = disk_backed(tmp_path / "cache" / "crops-1.bin", 5, 3)
+    t[2] = 7
+    assert t.shape == (5, 3) and t.dtype == torch.bfloat16
+    assert t.sum().item() == 21 and list((tmp_path / "cache").iterdir()) == []
