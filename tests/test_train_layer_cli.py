@@ -60,7 +60,7 @@ def test_an_interrupted_run_resumes_to_the_same_layer(tiny_model, data_file, tmp
         return real(*args, **kwargs)
 
     monkeypatch.setattr(TL, "layer_loss", killed_at_step_6)
-    out = tmp_path / "resumed"
+    out = tmp_path / "runs" / "resumed"  # its folder does not exist yet: checkpoints create it
     with pytest.raises(KeyboardInterrupt):
         TL.main(_cli(tiny_model, data_file, out, cache))
     assert TL._checkpoint_file(out).exists() and not out.exists()

@@ -353,6 +353,7 @@ def fit_to_time(plan: dict[str, int], step: int, seconds: float, limit: float, e
 def _save_checkpoint(path: Path, layer: DraftLayer, opt: Any, sched: Any,
                      step: int, seconds: float, plan: dict[str, int]) -> None:
     tmp = path.with_suffix(".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)  # --output's folder may not exist yet
     torch.save({"layer": layer.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                 "step": step, "seconds": seconds, "plan": plan}, tmp)
     os.replace(tmp, path)
