@@ -267,6 +267,7 @@ def test_crops_of_several_files_fill_one_tensor_in_place() -> None:
     assert joined.starts == expected.starts and torch.equal(joined.tokens, expected.tokens)
     assert torch.equal(joined.feats, expected.feats)
 
+
 def test_offline_walk_counts_what_serving_drafts_accept() -> None:
     """evaluate_layer's per-position runs equal greedy chains drafted position by position
     at serving time and checked against the true continuation."""

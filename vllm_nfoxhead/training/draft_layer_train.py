@@ -56,9 +56,10 @@ class Crops:
         tokens, starts, off = [], [0], 0
         for ids, a in zip(seqs.ids, seqs.answer_start):
             lo = max(a - 1, 0)
-            out[starts[-1]: starts[-1] + len(ids) - lo] = hidden[off + lo: off + len(ids)]
+            start, end = starts[-1], starts[-1] + len(ids) - lo
+            out[start:end] = hidden[off + lo: off + len(ids)]
             tokens.append(torch.tensor(ids[lo:], dtype=torch.long))
-            starts.append(starts[-1] + len(ids) - lo)
+            starts.append(end)
             off += len(ids)
         return cls(out, torch.cat(tokens), starts)
 
